@@ -1,0 +1,307 @@
+"""Building blocks: running normalization layers, MLP/CNN builders, mode switches."""
+
+from __future__ import annotations
+
+import abc
+import collections
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch as th
+from torch import nn
+
+from ray_rewards.stats import Moments
+
+
+@contextlib.contextmanager
+def training(module: nn.Module, mode: bool = True) -> Iterator[nn.Module]:
+    """Put ``module`` and all its submodules in training mode (or ``mode``) inside the
+    block, then give each submodule back the mode it had.
+
+    Only submodules not already in ``mode`` are touched, so the common case of a net
+    already in the right mode costs one walk over its modules (prediction is a hot
+    path: this matters for small batches).
+    """
+    changed = [m for m in walk_modules(module) if m.training != mode]
+    for m in changed:
+        _set_mode(m, mode)
+    try:
+        yield module
+    finally:
+        for m in changed:
+            _set_mode(m, not mode)
+
+
+def walk_modules(module: nn.Module) -> Iterator[nn.Module]:
+    """Yield ``module`` and its submodules, depth first.
+
+    A lean ``nn.Module.modules()`` (no name strings, no de-duplication: a shared
+    submodule comes once per parent) for hot paths.
+    """
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        yield m
+        stack.extend(c for c in m._modules.values() if c is not None)
+
+
+def _set_mode(m: nn.Module, mode: bool) -> None:
+    # Module.train() recurses into children, which `training` visits itself; a module
+    # that overrides train() still gets its own train() called.
+    if type(m).train is nn.Module.train:
+        m.__dict__["training"] = mode
+    else:
+        m.train(mode)
+
+
+def evaluating(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Put ``module`` in evaluation mode inside the block, then restore its mode."""
+    return training(module, mode=False)
+
+
+class SqueezeLayer(nn.Module):
+    """Squeeze ``(B, 1)`` to ``(B,)``; any other shape is an error."""
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        """Drop the trailing feature dimension of size 1."""
+        if x.dim() != 2 or x.shape[1] != 1:
+            raise ValueError(f"SqueezeLayer: expected shape (B, 1), got {tuple(x.shape)}")
+        return x.squeeze(1)
+
+
+class BaseNorm(nn.Module, abc.ABC):
+    """Normalize features with running statistics.
+
+    Buffers (all in ``state_dict``): ``running_mean`` and ``running_var`` (float64,
+    shape ``(num_features,)``), ``count`` (int64 scalar). Statistics are kept in
+    float64 so that merging millions of samples from many workers stays exact;
+    ``forward`` computes in the input's dtype. In training mode ``forward`` first
+    updates the statistics with the batch, then normalizes; in eval mode it only
+    normalizes.
+    """
+
+    running_mean: th.Tensor
+    running_var: th.Tensor
+    count: th.Tensor
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be >= 1, got {num_features}")
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("running_mean", th.empty(num_features, dtype=th.float64))
+        self.register_buffer("running_var", th.empty(num_features, dtype=th.float64))
+        self.register_buffer("count", th.empty((), dtype=th.int64))
+        self.reset_running_stats()
+
+    def reset_running_stats(self) -> None:
+        """Forget everything: mean 0, variance 1, count 0."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1)
+        self.count.zero_()
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        """Normalize ``x`` of shape ``(B, num_features)`` (or ``(B,)`` when num_features=1)."""
+        if self.training:
+            with th.no_grad():
+                self.update_stats(x)
+        mean = self.running_mean.to(x.dtype)
+        inv_std = th.rsqrt(self.running_var + self.eps).to(x.dtype)
+        return (x - mean) * inv_std
+
+    def _check_batch(self, batch: th.Tensor | np.ndarray) -> th.Tensor | np.ndarray:
+        if batch.ndim == 1 and self.num_features == 1:
+            batch = batch.reshape(-1, 1)
+        if batch.ndim != 2 or batch.shape[1] != self.num_features:
+            raise ValueError(
+                f"{type(self).__name__}: expected a batch of shape (B, {self.num_features}), "
+                f"got {tuple(batch.shape)}"
+            )
+        return batch
+
+    @abc.abstractmethod
+    def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
+        """Update the running statistics with ``batch`` of shape ``(B, num_features)``."""
+
+    def moments(self) -> Moments:
+        """The statistics as float64 numpy :class:`~ray_rewards.stats.Moments`."""
+        return Moments(
+            self.count.item(),
+            self.running_mean.numpy(force=True).copy(),
+            self.running_var.numpy(force=True).copy(),
+        )
+
+    def extra_repr(self) -> str:
+        """Size and statistics summary shown by ``print(module)``."""
+        return f"{self.num_features}, eps={self.eps}, count={int(self.count)}"
+
+
+def _batch_moments(batch: th.Tensor | np.ndarray) -> Moments:
+    if isinstance(batch, th.Tensor):
+        var, mean = th.var_mean(batch.detach().to(th.float64), dim=0, unbiased=False)
+        return Moments(batch.shape[0], mean.cpu().numpy(), var.cpu().numpy())
+    return Moments.of(batch)
+
+
+class RunningNorm(BaseNorm):
+    """Normalize by the exact mean and variance of every sample seen so far.
+
+    Its statistics are :class:`~ray_rewards.stats.Moments`: ``moments()`` reads them,
+    ``set_moments()`` writes them, and ``update_stats`` is ``Moments.merge``, so the
+    statistics of many workers merge to exactly what one RunningNorm would hold
+    after seeing all of their data.
+    """
+
+    def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
+        """Merge the moments of ``batch`` (tensor or numpy) into the running moments."""
+        self.set_moments(self.moments().merge(_batch_moments(self._check_batch(batch))))
+
+    def set_moments(self, moments: Moments) -> None:
+        """Replace the statistics with ``moments`` (e.g. merged over workers)."""
+        if moments.mean.shape != (self.num_features,):
+            raise ValueError(
+                f"set_moments: expected mean of shape ({self.num_features},), "
+                f"got {moments.mean.shape}"
+            )
+        with th.no_grad():
+            self.running_mean.copy_(th.from_numpy(moments.mean))
+            self.running_var.copy_(th.from_numpy(moments.var))
+            self.count.fill_(moments.count)
+
+
+class EMANorm(BaseNorm):
+    """Normalize by exponentially weighted moving statistics (bias-corrected).
+
+    Each batch gets weight ``1/Z`` with ``Z = sum(decay**k)`` over the batches seen, so
+    early batches are not under-weighted. Not mergeable across workers: use
+    RunningNorm where statistics must be aggregated.
+    """
+
+    num_batches: th.Tensor
+
+    def __init__(self, num_features: int, decay: float = 0.99, eps: float = 1e-5):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        super().__init__(num_features, eps=eps)
+        self.register_buffer("num_batches", th.zeros((), dtype=th.int64))
+
+    def reset_running_stats(self) -> None:
+        """Forget everything, the batch counter included."""
+        super().reset_running_stats()
+        if hasattr(self, "num_batches"):
+            self.num_batches.zero_()
+
+    def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
+        """Move the statistics towards those of ``batch``."""
+        batch_m = _batch_moments(self._check_batch(batch))
+        if batch_m.count == 0:
+            return
+        k = int(self.num_batches)
+        # Z_k = sum_{i<=k} decay**i; the new batch gets weight 1/Z_k.
+        lr = (1 - self.decay) / (1 - self.decay ** (k + 1))
+        old = self.moments()
+        delta = batch_m.mean - old.mean
+        with th.no_grad():
+            self.running_mean.copy_(th.from_numpy(old.mean + lr * delta))
+            self.running_var.copy_(
+                th.from_numpy(old.var + lr * (batch_m.var + (1 - lr) * delta**2 - old.var))
+            )
+            self.count.add_(batch_m.count)
+            self.num_batches.add_(1)
+
+
+def build_mlp(
+    in_size: int,
+    hid_sizes: Iterable[int],
+    out_size: int = 1,
+    name: str | None = None,
+    activation: type[nn.Module] | None = nn.ReLU,
+    dropout_prob: float = 0.0,
+    squeeze_output: bool = False,
+    flatten_input: bool = False,
+    normalize_input_layer: type[BaseNorm] | None = None,
+) -> nn.Sequential:
+    """Build an MLP ``in_size -> hid_sizes... -> out_size`` as an ``nn.Sequential``.
+
+    Args:
+        in_size: input features.
+        hid_sizes: width of each hidden layer.
+        out_size: output features.
+        name: prefix for layer names.
+        activation: activation class after each hidden layer (None for linear).
+        dropout_prob: dropout after each hidden activation when > 0.
+        squeeze_output: squeeze ``(B, 1)`` to ``(B,)``; requires ``out_size == 1``.
+        flatten_input: flatten inputs to ``(B, -1)`` first.
+        normalize_input_layer: a BaseNorm class applied to the input.
+    """
+    if squeeze_output and out_size != 1:
+        raise ValueError(f"squeeze_output requires out_size=1, got out_size={out_size}")
+    prefix = f"{name}_" if name else ""
+    layers: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
+    if flatten_input:
+        layers[f"{prefix}flatten"] = nn.Flatten()
+    if normalize_input_layer is not None:
+        layers[f"{prefix}normalize_input"] = normalize_input_layer(in_size)
+    prev = in_size
+    for i, size in enumerate(hid_sizes):
+        layers[f"{prefix}dense{i}"] = nn.Linear(prev, size)
+        prev = size
+        if activation is not None:
+            layers[f"{prefix}act{i}"] = activation()
+        if dropout_prob > 0.0:
+            layers[f"{prefix}dropout{i}"] = nn.Dropout(dropout_prob)
+    layers[f"{prefix}dense_final"] = nn.Linear(prev, out_size)
+    if squeeze_output:
+        layers[f"{prefix}squeeze"] = SqueezeLayer()
+    return nn.Sequential(layers)
+
+
+def build_cnn(
+    in_channels: int,
+    hid_channels: Iterable[int],
+    out_size: int = 1,
+    name: str | None = None,
+    activation: type[nn.Module] | None = nn.ReLU,
+    kernel_size: int = 3,
+    stride: int = 1,
+    padding: int | str = "same",
+    dropout_prob: float = 0.0,
+    squeeze_output: bool = False,
+) -> nn.Sequential:
+    """Build a CNN over NCHW inputs: conv layers, global average pool, linear head.
+
+    Output shape ``(B, out_size)``, or ``(B,)`` with ``squeeze_output``.
+    """
+    if squeeze_output and out_size != 1:
+        raise ValueError(f"squeeze_output requires out_size=1, got out_size={out_size}")
+    prefix = f"{name}_" if name else ""
+    layers: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
+    prev = in_channels
+    for i, channels in enumerate(hid_channels):
+        layers[f"{prefix}conv{i}"] = nn.Conv2d(prev, channels, kernel_size, stride, padding)
+        prev = channels
+        if activation is not None:
+            layers[f"{prefix}act{i}"] = activation()
+        if dropout_prob > 0.0:
+            layers[f"{prefix}dropout{i}"] = nn.Dropout(dropout_prob)
+    layers[f"{prefix}avg_pool"] = nn.AdaptiveAvgPool2d(1)
+    layers[f"{prefix}flatten"] = nn.Flatten()
+    layers[f"{prefix}dense_final"] = nn.Linear(prev, out_size)
+    if squeeze_output:
+        layers[f"{prefix}squeeze"] = SqueezeLayer()
+    return nn.Sequential(layers)
+
+
+__all__ = [
+    "BaseNorm",
+    "EMANorm",
+    "RunningNorm",
+    "SqueezeLayer",
+    "build_cnn",
+    "build_mlp",
+    "evaluating",
+    "training",
+]

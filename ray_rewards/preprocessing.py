@@ -1,0 +1,151 @@
+"""Turning batches from gymnasium spaces into tensors a reward net can eat.
+
+Our own replacement for stable-baselines3's preprocessing:
+
+======================  ==========================================================
+space                   tensor (for a batch of ``B`` elements)
+======================  ==========================================================
+Box                     float, shape ``(B, *space.shape)``; a uint8 image Box is
+                        scaled to [0, 1] when ``normalize_images``
+Discrete(n)             one-hot, shape ``(B, n)``
+MultiDiscrete(nvec)     one-hot per dimension, concatenated: ``(B, sum(nvec))``
+MultiBinary             float, shape ``(B, *space.shape)``
+======================  ==========================================================
+
+Other spaces (Dict, Tuple, Text, Graph, ...) raise NotImplementedError. Inputs may
+be numpy arrays (checked in numpy, cheap) or torch tensors (checked in torch, so
+tensors already on a GPU never leave it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+
+SUPPORTED_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+def check_supported(space: spaces.Space, name: str = "space") -> None:
+    """Raise NotImplementedError unless ``space`` is one we can preprocess."""
+    if not isinstance(space, SUPPORTED_SPACES):
+        raise NotImplementedError(
+            f"{name}: {space!r} ({type(space).__name__}) is not supported; expected one of "
+            + ", ".join(s.__name__ for s in SUPPORTED_SPACES)
+        )
+
+
+def is_image_space(space: spaces.Space) -> bool:
+    """Whether ``space`` is a uint8 image Box: 3-D, bounds exactly [0, 255]."""
+    return (
+        isinstance(space, spaces.Box)
+        and space.dtype == np.uint8
+        and len(space.shape) == 3
+        and bool(np.all(space.low == 0))
+        and bool(np.all(space.high == 255))
+    )
+
+
+def flat_dim(space: spaces.Space) -> int:
+    """Number of features of one preprocessed, flattened element of ``space``."""
+    check_supported(space)
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, spaces.MultiDiscrete):
+        return int(np.sum(space.nvec))
+    return int(np.prod(space.shape))
+
+
+def _all_finite(x: Any) -> bool:
+    if isinstance(x, th.Tensor):
+        return bool(th.isfinite(x).all()) if x.is_floating_point() else True
+    return bool(np.isfinite(x).all()) if x.dtype.kind == "f" else True
+
+
+def _as_array(x: Any, name: str) -> Any:
+    if isinstance(x, (th.Tensor, np.ndarray)):
+        return x
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__} of objects")
+    return arr
+
+
+def _check_integral(t: th.Tensor, name: str, space: spaces.Space) -> None:
+    if t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ValueError(f"{name}: expected integer values for {space}, got non-integral floats")
+
+
+def preprocess_space(
+    x: Any,
+    space: spaces.Space,
+    *,
+    name: str,
+    batch_size: int,
+    device: th.device,
+    dtype: th.dtype,
+    normalize_images: bool = True,
+) -> th.Tensor:
+    """Validate a batch from ``space`` and turn it into a float tensor on ``device``.
+
+    Args:
+        x: batch of ``batch_size`` elements of ``space`` (numpy array, array-like or tensor).
+        space: the gymnasium space the elements come from.
+        name: argument name used in error messages (e.g. ``"state"``).
+        batch_size: the expected leading dimension.
+        device: where the tensor goes.
+        dtype: floating dtype of the result.
+        normalize_images: scale uint8 image Boxes to [0, 1].
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, or values outside a discrete space.
+        NotImplementedError: an unsupported space.
+    """
+    x = _as_array(x, name)
+    if isinstance(space, spaces.Discrete):
+        expected: tuple[int, ...] = (batch_size,)
+    elif isinstance(space, spaces.MultiDiscrete):
+        expected = (batch_size, *space.nvec.shape)
+    elif isinstance(space, (spaces.Box, spaces.MultiBinary)):
+        expected = (batch_size, *space.shape)
+    else:
+        check_supported(space, name)
+    if tuple(x.shape) != expected:
+        raise ValueError(
+            f"{name}: expected shape {expected} for a batch of {batch_size} from {space}, "
+            f"got {tuple(x.shape)}"
+        )
+    if not _all_finite(x):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+        return _one_hot(x, space, name=name, device=device, dtype=dtype)
+    t = th.as_tensor(x, device=device)
+    if normalize_images and t.dtype == th.uint8 and is_image_space(space):
+        return t.to(dtype) / 255.0
+    return t.to(dtype)
+
+
+def _one_hot(
+    x: Any, space: spaces.Space, *, name: str, device: th.device, dtype: th.dtype
+) -> th.Tensor:
+    t = th.as_tensor(x, device=device)
+    _check_integral(t, name, space)
+    if isinstance(space, spaces.Discrete):
+        nvec = th.tensor([int(space.n)], device=device)
+        start = th.tensor([int(space.start)], device=device)
+    else:
+        nvec = th.as_tensor(space.nvec.reshape(-1), device=device)
+        start = th.as_tensor(space.start.reshape(-1), device=device)
+    rel = t.reshape(t.shape[0], -1).long() - start
+    bad = (rel < 0) | (rel >= nvec)
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0, 0])
+        raise ValueError(
+            f"{name}: expected values within {space}, got {x[row].tolist()} at row {row}"
+        )
+    return th.cat(
+        [th.nn.functional.one_hot(rel[:, i], int(n)) for i, n in enumerate(nvec.tolist())],
+        dim=1,
+    ).to(dtype)
