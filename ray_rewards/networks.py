@@ -213,6 +213,46 @@ class EMANorm(BaseNorm):
             self.num_batches.add_(1)
 
 
+def norm_moments(module: nn.Module) -> dict[str, Moments]:
+    """Moments of every normalization layer in ``module``, by submodule name.
+
+    The unit that crosses process boundaries when statistics are merged.
+    """
+    return {name: m.moments() for name, m in module.named_modules() if isinstance(m, BaseNorm)}
+
+
+def set_norm_moments(module: nn.Module, moments: dict[str, Moments]) -> None:
+    """Write ``moments`` (as from :func:`norm_moments`) into the RunningNorm layers.
+
+    Raises KeyError naming missing/unknown layers and TypeError for layers that are
+    not RunningNorm (EMANorm statistics do not merge).
+    """
+    norms = {name: m for name, m in module.named_modules() if isinstance(m, BaseNorm)}
+    if set(norms) != set(moments):
+        raise KeyError(
+            f"set_norm_moments: expected moments for layers {sorted(norms)}, "
+            f"got {sorted(moments)}"
+        )
+    for name, norm in norms.items():
+        if not isinstance(norm, RunningNorm):
+            raise TypeError(
+                f"set_norm_moments: layer {name!r} is {type(norm).__name__}; only RunningNorm "
+                "statistics can be merged across workers"
+            )
+        norm.set_moments(moments[name])
+
+
+def merge_norm_updates(
+    base: dict[str, Moments], updated: Iterable[dict[str, Moments]]
+) -> dict[str, Moments]:
+    """Per layer, :meth:`Moments.merge_updates` of copies that all started from ``base``."""
+    updated = list(updated)
+    return {
+        name: Moments.merge_updates(base_m, [u[name] for u in updated])
+        for name, base_m in base.items()
+    }
+
+
 def build_mlp(
     in_size: int,
     hid_sizes: Iterable[int],
@@ -301,6 +341,10 @@ __all__ = [
     "RunningNorm",
     "SqueezeLayer",
     "build_cnn",
+    "merge_norm_updates",
+    "norm_moments",
+    "set_norm_moments",
+    "walk_modules",
     "build_mlp",
     "evaluating",
     "training",

@@ -82,6 +82,43 @@ class Moments:
         )
         return Moments(total, mean, m2 / total)
 
+    def subtract(self, other: Moments) -> Moments:
+        """Moments of the data in ``self`` that is not in ``other`` (inverse of merge).
+
+        ``a.merge(b).subtract(a)`` equals ``b``: a worker that started from shared
+        statistics ``a`` reports only what it added.
+        """
+        if self.mean.shape != other.mean.shape:
+            raise ValueError(
+                f"Moments.subtract: feature shapes differ: {self.mean.shape} vs {other.mean.shape}"
+            )
+        rest = self.count - other.count
+        if rest < 0:
+            raise ValueError(
+                f"Moments.subtract: cannot remove {other.count} samples from {self.count}"
+            )
+        if rest == 0:
+            return Moments.empty(self.mean.shape)
+        if other.count == 0:
+            return self
+        mean = (self.mean * self.count - other.mean * other.count) / rest
+        delta = mean - other.mean
+        m2 = (
+            self.var * self.count
+            - other.var * other.count
+            - delta**2 * (other.count * rest / self.count)
+        )
+        return Moments(rest, mean, np.maximum(m2, 0.0) / rest)
+
+    @classmethod
+    def merge_updates(cls, base: Moments, updated: Iterable[Moments]) -> Moments:
+        """Merge workers that each started from ``base`` and added data of their own.
+
+        Each worker's statistics include ``base``; it is counted once: the result is
+        ``base`` merged with every ``u.subtract(base)``.
+        """
+        return cls.merge_all([base, *(u.subtract(base) for u in updated)])
+
     @classmethod
     def merge_all(cls, moments: Iterable[Moments]) -> Moments:
         """Merge any number of moments; raises ValueError on an empty iterable."""

@@ -23,6 +23,7 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(
             num_cpus=8,
+            address="local",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
