@@ -1,7 +1,8 @@
 """ray_rewards: learned reward functions (imitation's RewardNet API) on Ray."""
 
-from ray_rewards import networks, preprocessing, reward_nets, stats
+# serialize registers the safe-loading allowlist with torch at import.
+from ray_rewards import networks, preprocessing, reward_nets, serialize, stats
 
 __version__ = "0.1.0"
 
-__all__ = ["networks", "preprocessing", "reward_nets", "stats"]
+__all__ = ["networks", "preprocessing", "reward_nets", "serialize", "stats"]

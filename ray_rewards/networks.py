@@ -14,23 +14,39 @@ from torch import nn
 from ray_rewards.stats import Moments
 
 
-@contextlib.contextmanager
-def training(module: nn.Module, mode: bool = True) -> Iterator[nn.Module]:
-    """Put ``module`` and all its submodules in training mode (or ``mode``) inside the
-    block, then give each submodule back the mode it had.
+class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a function)
+    """Put ``module`` and all its submodules in training mode (or ``mode``) inside a
+    ``with`` block, then give every submodule back the mode it had.
 
-    Only submodules not already in ``mode`` are touched, so the common case of a net
-    already in the right mode costs one walk over its modules (prediction is a hot
-    path: this matters for small batches).
+    Every submodule is checked, even when the root is already in ``mode``: a root
+    in eval mode may hold a submodule left in training mode (``net.eval();
+    net.base.train()``), whose Dropout or RunningNorm must not act during
+    prediction. Modes are restored parent first (depth-first order), so a module
+    whose own ``train()`` recurses into its children cannot clobber their modes.
     """
-    changed = [m for m in walk_modules(module) if m.training != mode]
-    for m in changed:
-        _set_mode(m, mode)
-    try:
-        yield module
-    finally:
-        for m in changed:
-            _set_mode(m, not mode)
+
+    def __init__(self, module: nn.Module, mode: bool = True):
+        self.module = module
+        self.mode = mode
+        self.saved: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self.saved = [(m, m.training) for m in walk_modules(self.module)]
+        for m, _ in self.saved:
+            if m.training != self.mode:
+                _set_mode(m, self.mode)
+        return self.module
+
+    def __exit__(self, *exc: object) -> None:
+        for m, was in self.saved:
+            if m.training != was:
+                _set_mode(m, was)
+        self.saved = []
+
+
+def evaluating(module: nn.Module) -> training:
+    """Put ``module`` in evaluation mode inside the ``with`` block, then restore its mode."""
+    return training(module, mode=False)
 
 
 def walk_modules(module: nn.Module) -> Iterator[nn.Module]:
@@ -53,11 +69,6 @@ def _set_mode(m: nn.Module, mode: bool) -> None:
         m.__dict__["training"] = mode
     else:
         m.train(mode)
-
-
-def evaluating(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
-    """Put ``module`` in evaluation mode inside the block, then restore its mode."""
-    return training(module, mode=False)
 
 
 class SqueezeLayer(nn.Module):
@@ -133,6 +144,18 @@ class BaseNorm(nn.Module, abc.ABC):
             self.running_var.numpy(force=True).copy(),
         )
 
+    def _write(self, moments: Moments) -> None:
+        """Overwrite the buffers; through numpy views on CPU (several times cheaper)."""
+        if self.running_mean.device.type == "cpu":
+            self.running_mean.numpy()[...] = moments.mean
+            self.running_var.numpy()[...] = moments.var
+            self.count.numpy()[...] = moments.count
+        else:
+            with th.no_grad():
+                self.running_mean.copy_(th.from_numpy(moments.mean))
+                self.running_var.copy_(th.from_numpy(moments.var))
+                self.count.fill_(moments.count)
+
     def extra_repr(self) -> str:
         """Size and statistics summary shown by ``print(module)``."""
         return f"{self.num_features}, eps={self.eps}, count={int(self.count)}"
@@ -140,6 +163,8 @@ class BaseNorm(nn.Module, abc.ABC):
 
 def _batch_moments(batch: th.Tensor | np.ndarray) -> Moments:
     if isinstance(batch, th.Tensor):
+        if batch.shape[0] == 0:  # th.var_mean of no rows warns and gives NaN
+            return Moments.empty(tuple(batch.shape[1:]))
         var, mean = th.var_mean(batch.detach().to(th.float64), dim=0, unbiased=False)
         return Moments(batch.shape[0], mean.cpu().numpy(), var.cpu().numpy())
     return Moments.of(batch)
@@ -165,10 +190,7 @@ class RunningNorm(BaseNorm):
                 f"set_moments: expected mean of shape ({self.num_features},), "
                 f"got {moments.mean.shape}"
             )
-        with th.no_grad():
-            self.running_mean.copy_(th.from_numpy(moments.mean))
-            self.running_var.copy_(th.from_numpy(moments.var))
-            self.count.fill_(moments.count)
+        self._write(moments)
 
 
 class EMANorm(BaseNorm):
@@ -204,13 +226,14 @@ class EMANorm(BaseNorm):
         lr = (1 - self.decay) / (1 - self.decay ** (k + 1))
         old = self.moments()
         delta = batch_m.mean - old.mean
-        with th.no_grad():
-            self.running_mean.copy_(th.from_numpy(old.mean + lr * delta))
-            self.running_var.copy_(
-                th.from_numpy(old.var + lr * (batch_m.var + (1 - lr) * delta**2 - old.var))
+        self._write(
+            Moments(
+                old.count + batch_m.count,
+                old.mean + lr * delta,
+                old.var + lr * (batch_m.var + (1 - lr) * delta**2 - old.var),
             )
-            self.count.add_(batch_m.count)
-            self.num_batches.add_(1)
+        )
+        self.num_batches.add_(1)
 
 
 def norm_moments(module: nn.Module) -> dict[str, Moments]:

@@ -67,7 +67,10 @@ def _all_finite(x: Any) -> bool:
 def _as_array(x: Any, name: str) -> Any:
     if isinstance(x, (th.Tensor, np.ndarray)):
         return x
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:  # ragged nesting
+        raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__}: {e}") from e
     if arr.dtype == object:
         raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__} of objects")
     return arr
@@ -97,7 +100,7 @@ def preprocess_space(
         batch_size: the expected leading dimension.
         device: where the tensor goes.
         dtype: floating dtype of the result.
-        normalize_images: scale uint8 image Boxes to [0, 1].
+        normalize_images: scale batches from uint8 image Boxes to [0, 1].
 
     Raises:
         ValueError: wrong shape, NaN/inf, or values outside a discrete space.
@@ -121,16 +124,36 @@ def preprocess_space(
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
         return _one_hot(x, space, name=name, device=device, dtype=dtype)
-    t = th.as_tensor(x, device=device)
-    if normalize_images and t.dtype == th.uint8 and is_image_space(space):
+    t = _to_tensor(x, device)
+    if isinstance(space, spaces.MultiBinary) and not bool(((t == 0) | (t == 1)).all()):
+        bad = t[(t != 0) & (t != 1)][0].item()
+        raise ValueError(f"{name}: expected values 0 or 1 for {space}, got {bad}")
+    # The space decides, not the batch's dtype: image data that arrives as float or
+    # int (a dataset column, a frame stack) is scaled alike, as stable-baselines3 does.
+    if normalize_images and is_image_space(space):
         return t.to(dtype) / 255.0
-    return t.to(dtype)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _to_tensor(x: Any, device: th.device) -> th.Tensor:
+    """Zero-copy for writable native numpy arrays headed to the CPU (a hot path).
+
+    Read-only arrays (Arrow/Ray Data buffers) and non-native byte orders are copied:
+    torch cannot wrap the latter, and warns on (and may write through) the former.
+    """
+    if isinstance(x, np.ndarray):
+        if not (x.flags.writeable and x.dtype.isnative):
+            x = x.astype(x.dtype.newbyteorder("="))
+        t = th.from_numpy(x)
+    else:
+        t = th.as_tensor(x)
+    return t if t.device == device else t.to(device)
 
 
 def _one_hot(
     x: Any, space: spaces.Space, *, name: str, device: th.device, dtype: th.dtype
 ) -> th.Tensor:
-    t = th.as_tensor(x, device=device)
+    t = _to_tensor(x, device)
     _check_integral(t, name, space)
     if isinstance(space, spaces.Discrete):
         nvec = th.tensor([int(space.n)], device=device)

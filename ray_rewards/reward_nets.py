@@ -38,6 +38,17 @@ def _batch_size(state: Any) -> int:
     return int(shape[0])
 
 
+def _drop_unused(x: Any, used: bool, state: Any, name: str) -> Any:
+    """``x`` if the net reads it, else None after checking its batch size only."""
+    if used or x is None:
+        return x
+    if len(x) != _batch_size(state):
+        raise ValueError(
+            f"{name}: expected a batch of {_batch_size(state)} like state, got {len(x)}"
+        )
+    return None
+
+
 def _check_reward_shape(rew: th.Tensor, batch_size: int, who: str) -> th.Tensor:
     if tuple(rew.shape) != (batch_size,):
         raise ValueError(
@@ -119,6 +130,8 @@ class RewardNet(nn.Module, abc.ABC):
         done: Any | None = None,
     ) -> th.Tensor:
         """Rewards of shape ``(B,)`` as a tensor on ``self.device``: eval mode, no grad."""
+        next_state = _drop_unused(next_state, self.uses_next_state, state, "next_state")
+        done = _drop_unused(done, self.uses_done, state, "done")
         with networks.evaluating(self), th.no_grad():
             tensors = self.preprocess(state, action, next_state, done)
             rew = self(*tensors)
@@ -132,7 +145,7 @@ class RewardNet(nn.Module, abc.ABC):
         done: Any | None = None,
     ) -> np.ndarray:
         """Rewards of shape ``(B,)`` as a numpy array."""
-        return self.predict_th(state, action, next_state, done).cpu().numpy()
+        return self.predict_th(state, action, next_state, done).numpy(force=True)
 
     def predict_processed(
         self,
@@ -145,6 +158,19 @@ class RewardNet(nn.Module, abc.ABC):
         """Rewards for RL, post-processed (e.g. normalized) by wrappers; here ``predict``."""
         del kwargs
         return self.predict(state, action, next_state, done)
+
+    @property
+    def uses_next_state(self) -> bool:
+        """Whether ``forward`` reads ``next_state``; True unless a subclass says otherwise.
+
+        ``predict*`` skip preprocessing (and validating) inputs the net never reads.
+        """
+        return True
+
+    @property
+    def uses_done(self) -> bool:
+        """Whether ``forward`` reads ``done``; True unless a subclass says otherwise."""
+        return True
 
     def _device_dtype(self) -> tuple[th.device, th.dtype]:
         for m in networks.walk_modules(self):
@@ -162,6 +188,18 @@ class RewardNet(nn.Module, abc.ABC):
     def dtype(self) -> th.dtype:
         """Dtype of the first parameter; torch's default for a parameterless net."""
         return self._device_dtype()[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle state with gymnasium spaces as plain data, so ``th.load`` needs no numpy."""
+        from ray_rewards import serialize
+
+        return serialize.encode_spaces(super().__getstate__())
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore pickled state, rebuilding the spaces (see ``ray_rewards.serialize``)."""
+        from ray_rewards import serialize
+
+        super().__setstate__(serialize.decode_spaces(state))
 
 
 _DONE_SPACE = spaces.Box(0.0, 1.0, shape=())
@@ -183,6 +221,16 @@ class RewardNetWrapper(RewardNet):
 
     def _device_dtype(self) -> tuple[th.device, th.dtype]:
         return self._base._device_dtype()
+
+    @property
+    def uses_next_state(self) -> bool:
+        """The base's."""
+        return self._base.uses_next_state
+
+    @property
+    def uses_done(self) -> bool:
+        """The base's."""
+        return self._base.uses_done
 
     def preprocess(
         self, state: Any, action: Any, next_state: Any | None, done: Any | None
@@ -294,6 +342,16 @@ class BasicRewardNet(RewardNet):
         self.mlp = networks.build_mlp(in_size=in_size, out_size=1, squeeze_output=True,
                                       **mlp_kwargs)
 
+    @property
+    def uses_next_state(self) -> bool:
+        """Whether ``use_next_state`` was set."""
+        return self.use_next_state
+
+    @property
+    def uses_done(self) -> bool:
+        """Whether ``use_done`` was set."""
+        return self.use_done
+
     def forward(
         self,
         state: th.Tensor,
@@ -377,6 +435,16 @@ class CNNRewardNet(RewardNet):
             **cnn_kwargs,
         )
 
+    @property
+    def uses_next_state(self) -> bool:
+        """Whether ``use_next_state`` was set."""
+        return self.use_next_state
+
+    @property
+    def uses_done(self) -> bool:
+        """Whether ``use_done`` was set."""
+        return self.use_done
+
     def forward(
         self,
         state: th.Tensor,
@@ -417,6 +485,16 @@ class ShapedRewardNet(ForwardWrapper):
         super().__init__(base)
         self.potential = potential
         self.discount_factor = discount_factor
+
+    @property
+    def uses_next_state(self) -> bool:
+        """Shaping reads the next state's potential."""
+        return True
+
+    @property
+    def uses_done(self) -> bool:
+        """Shaping zeroes the potential of terminal next states."""
+        return True
 
     def _potential(self, state: th.Tensor) -> th.Tensor:
         out = self.potential(state)
@@ -536,7 +614,8 @@ class NormalizedRewardNet(PredictProcessedWrapper):
         **kwargs: Any,
     ) -> np.ndarray:
         """Normalize with the statistics held before this batch, then (if
-        ``update_stats``) update them with this batch's raw rewards."""
+        ``update_stats``) update them with this batch's raw rewards.
+        """
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
         norm = self.normalize_output_layer
         m = norm.moments()
@@ -583,6 +662,16 @@ class RewardEnsemble(RewardNetWithVariance):
             if not isinstance(m, RewardNet):
                 raise TypeError(f"members[{i}]: expected a RewardNet, got {type(m).__name__}")
         self.members = nn.ModuleList(members)
+
+    @property
+    def uses_next_state(self) -> bool:
+        """Whether any member reads ``next_state``."""
+        return any(m.uses_next_state for m in self.members)
+
+    @property
+    def uses_done(self) -> bool:
+        """Whether any member reads ``done``."""
+        return any(m.uses_done for m in self.members)
 
     @property
     def num_members(self) -> int:
