@@ -11,7 +11,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
-from ray_rewards.stats import Moments
+from ray_rewards.stats import Moments, chan_merge
 
 
 class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a function)
@@ -181,7 +181,19 @@ class RunningNorm(BaseNorm):
 
     def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
         """Merge the moments of ``batch`` (tensor or numpy) into the running moments."""
-        self.set_moments(self.moments().merge(_batch_moments(self._check_batch(batch))))
+        batch_m = _batch_moments(self._check_batch(batch))
+        if not batch_m.count:
+            return
+        if self.running_mean.device.type == "cpu":
+            # Hot path (per-step reward normalization): merge straight into numpy views
+            # of the buffers, without materializing the old statistics.
+            mean, var = self.running_mean.numpy(), self.running_var.numpy()
+            total, mean[...], var[...] = chan_merge(
+                self.count.item(), mean, var, batch_m.count, batch_m.mean, batch_m.var
+            )
+            self.count.fill_(total)
+        else:
+            self._write(self.moments().merge(batch_m))
 
     def set_moments(self, moments: Moments) -> None:
         """Replace the statistics with ``moments`` (e.g. merged over workers)."""

@@ -42,10 +42,10 @@ def _drop_unused(x: Any, used: bool, state: Any, name: str) -> Any:
     """``x`` if the net reads it, else None after checking its batch size only."""
     if used or x is None:
         return x
-    if len(x) != _batch_size(state):
-        raise ValueError(
-            f"{name}: expected a batch of {_batch_size(state)} like state, got {len(x)}"
-        )
+    shape, batch_size = tuple(np.shape(x)), _batch_size(state)
+    if shape[:1] != (batch_size,):
+        got = shape[0] if shape else f"shape {shape}"
+        raise ValueError(f"{name}: expected a batch of {batch_size} like state, got {got}")
     return None
 
 
@@ -161,16 +161,17 @@ class RewardNet(nn.Module, abc.ABC):
 
     @property
     def uses_next_state(self) -> bool:
-        """Whether ``forward`` reads ``next_state``; True unless a subclass says otherwise.
+        """Whether ``forward`` reads ``next_state``: a ``use_next_state`` attribute (as
+        BasicRewardNet and CNNRewardNet have) if there is one, else True.
 
         ``predict*`` skip preprocessing (and validating) inputs the net never reads.
         """
-        return True
+        return getattr(self, "use_next_state", True)
 
     @property
     def uses_done(self) -> bool:
-        """Whether ``forward`` reads ``done``; True unless a subclass says otherwise."""
-        return True
+        """Whether ``forward`` reads ``done``: ``use_done`` if set, else True."""
+        return getattr(self, "use_done", True)
 
     def _device_dtype(self) -> tuple[th.device, th.dtype]:
         for m in networks.walk_modules(self):
@@ -342,16 +343,6 @@ class BasicRewardNet(RewardNet):
         self.mlp = networks.build_mlp(in_size=in_size, out_size=1, squeeze_output=True,
                                       **mlp_kwargs)
 
-    @property
-    def uses_next_state(self) -> bool:
-        """Whether ``use_next_state`` was set."""
-        return self.use_next_state
-
-    @property
-    def uses_done(self) -> bool:
-        """Whether ``use_done`` was set."""
-        return self.use_done
-
     def forward(
         self,
         state: th.Tensor,
@@ -434,16 +425,6 @@ class CNNRewardNet(RewardNet):
             squeeze_output=out_size == 1,
             **cnn_kwargs,
         )
-
-    @property
-    def uses_next_state(self) -> bool:
-        """Whether ``use_next_state`` was set."""
-        return self.use_next_state
-
-    @property
-    def uses_done(self) -> bool:
-        """Whether ``use_done`` was set."""
-        return self.use_done
 
     def forward(
         self,
@@ -618,8 +599,10 @@ class NormalizedRewardNet(PredictProcessedWrapper):
         """
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
         norm = self.normalize_output_layer
-        m = norm.moments()
-        out = ((rew - m.mean) / np.sqrt(m.var + norm.eps)).astype(rew.dtype, copy=False)
+        # Normalize with the statistics held before this batch, in the reward's dtype.
+        mean = norm.running_mean.numpy(force=True)
+        inv_std = 1.0 / np.sqrt(norm.running_var.numpy(force=True) + norm.eps)
+        out = (rew - mean.astype(rew.dtype)) * inv_std.astype(rew.dtype)
         if update_stats:
             norm.update_stats(rew)
         return out

@@ -11,8 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+
+def chan_merge(
+    count_a: int, mean_a: Any, var_a: Any, count_b: int, mean_b: Any, var_b: Any
+) -> tuple[int, Any, Any]:
+    """Chan et al.'s parallel update: ``(count, mean, var)`` of the union of two data sets.
+
+    The one place the merge formula lives. Works on numpy arrays (Moments.merge) and
+    on in-place numpy views of normalization buffers (RunningNorm's hot path) alike;
+    ``count_a + count_b`` must be > 0.
+    """
+    total = count_a + count_b
+    w_b = count_b / total
+    delta = mean_b - mean_a
+    mean = mean_a + delta * w_b
+    var = var_a + (var_b - var_a) * w_b + delta * delta * (w_b * (1.0 - w_b))
+    return total, mean, var
 
 
 @dataclass(frozen=True)
@@ -30,8 +48,12 @@ class Moments:
     var: np.ndarray
 
     def __post_init__(self) -> None:
-        mean = np.asarray(self.mean, dtype=np.float64)
-        var = np.asarray(self.var, dtype=np.float64)
+        mean, var = self.mean, self.var
+        # Moments are made on per-step hot paths: convert only what needs it.
+        if type(mean) is not np.ndarray or mean.dtype != np.float64:
+            mean = np.asarray(mean, dtype=np.float64)
+        if type(var) is not np.ndarray or var.dtype != np.float64:
+            var = np.asarray(var, dtype=np.float64)
         if mean.shape != var.shape:
             raise ValueError(
                 f"Moments: mean and var must have one shape, got {mean.shape} and {var.shape}"
@@ -72,15 +94,8 @@ class Moments:
             return self
         if self.count == 0:
             return other
-        total = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / total)
-        m2 = (
-            self.var * self.count
-            + other.var * other.count
-            + delta**2 * (self.count * other.count / total)
-        )
-        return Moments(total, mean, m2 / total)
+        return Moments(*chan_merge(self.count, self.mean, self.var, other.count, other.mean,
+                                   other.var))
 
     def subtract(self, other: Moments) -> Moments:
         """Moments of the data in ``self`` that is not in ``other`` (inverse of merge).

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorWrapper
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, VectorWrapper
 
 from ray_rewards.networks import RunningNorm
 from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
@@ -171,6 +171,30 @@ def test_disabled_requires_reset_of_ended_envs():
     wrapper.step(actions(5))  # env 0 ends: return 1 + 2, nothing of the discarded episode
     assert list(wrapper.original_episode_returns) == [3.0, 6.0, 3.0]
     assert fn.transitions(4)[0] == ((0, 2, 1), (0, 2, 2), True)
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_async_env_gives_the_same_transitions(mode):
+    fns = [
+        functools.partial(CounterEnv, i, n, t) for i, (n, t) in enumerate(((2, True), (3, False)))
+    ]
+    async_venv = AsyncVectorEnv(fns, autoreset_mode=mode, context="fork")
+    try:
+        fn_sync, fn_async = Recorder(), Recorder()
+        out_sync = run(RewardVecEnvWrapper(counter_venv(mode), fn_sync), 6)
+        wrapper = RewardVecEnvWrapper(async_venv, fn_async)
+        assert wrapper.autoreset_mode == mode
+        out_async = run(wrapper, 6)
+        assert len(fn_sync.calls) == len(fn_async.calls)
+        for i in range(len(fn_sync.calls)):
+            assert fn_sync.transitions(i) == fn_async.transitions(i)
+        np.testing.assert_array_equal([o[1] for o in out_sync], [o[1] for o in out_async])
+        # SAME_STEP: env 0 ends on steps 2, 4, 6 and env 1 on 3, 6; NEXT_STEP loses a
+        # step to each reset: env 0 ends on 2, 5 and env 1 on 3.
+        expected = {AutoresetMode.SAME_STEP: [3, 6, 3, 3, 6], AutoresetMode.NEXT_STEP: [3, 6, 3]}
+        assert list(wrapper.original_episode_returns) == expected[mode]
+    finally:
+        async_venv.close()
 
 
 def test_ep_history_bounds_returns():
