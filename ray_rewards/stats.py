@@ -33,7 +33,7 @@ def chan_merge(
     return total, mean, var
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: compare with allclose()
 class Moments:
     """Count, mean and population variance (ddof=0) of a batch of feature vectors.
 

@@ -1,0 +1,383 @@
+"""Normalization layers, MLP/CNN builders, mode context managers, cross-worker norm helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from torch import nn
+
+from ray_rewards import networks
+from ray_rewards.networks import EMANorm, RunningNorm
+from ray_rewards.stats import Moments
+
+
+def rand(*shape: int, seed: int = 0, scale: float = 1.0, loc: float = 0.0) -> th.Tensor:
+    g = th.Generator().manual_seed(seed)
+    return loc + scale * th.randn(*shape, generator=g)
+
+
+# ---------------------------------------------------------------- BaseNorm family
+
+
+@pytest.mark.parametrize("cls", [RunningNorm, EMANorm])
+def test_norm_buffers_are_in_state_dict_and_round_trip(cls):
+    norm = cls(3)
+    sd = norm.state_dict()
+    assert {"running_mean", "running_var", "count"} <= set(sd)
+    assert sd["running_mean"].dtype == th.float64 and sd["running_mean"].shape == (3,)
+    assert sd["running_var"].dtype == th.float64 and sd["count"].dtype == th.int64
+    assert sd["count"].shape == ()
+    th.testing.assert_close(sd["running_mean"], th.zeros(3, dtype=th.float64))
+    th.testing.assert_close(sd["running_var"], th.ones(3, dtype=th.float64))
+    norm(rand(7, 3, scale=3.0, loc=2.0))  # training mode: updates
+    other = cls(3)
+    other.load_state_dict(norm.state_dict())
+    assert other.moments().allclose(norm.moments(), rtol=0, atol=0)
+    assert int(other.count) == 7
+    assert not list(norm.parameters())  # statistics are not trainable
+
+
+@pytest.mark.parametrize("cls", [RunningNorm, EMANorm])
+def test_norm_updates_in_forward_only_in_training_mode(cls):
+    norm = cls(2)
+    x = rand(16, 2, scale=4.0, loc=-3.0)
+    norm.eval()
+    out = norm(x)
+    assert int(norm.count) == 0
+    th.testing.assert_close(out, x / np.sqrt(1 + norm.eps))  # initial stats: mean 0, var 1
+    norm.train()
+    out = norm(x)
+    assert int(norm.count) == 16
+    # Update first, then normalize with the updated statistics (as imitation's layers).
+    mean, var = x.double().mean(0), x.double().var(0, unbiased=False)
+    th.testing.assert_close(out, ((x.double() - mean) / th.sqrt(var + norm.eps)).float())
+    assert out.dtype == th.float32
+    norm.eval()
+    before = norm.moments()
+    norm(rand(5, 2, seed=1))
+    assert norm.moments().allclose(before, rtol=0, atol=0)
+
+
+def test_norm_forward_keeps_input_dtype_and_takes_1d_for_one_feature():
+    norm = RunningNorm(1)
+    x = th.tensor([1.0, 2.0, 3.0], dtype=th.float64)
+    out = norm(x)
+    assert out.shape == (3,) and out.dtype == th.float64
+    th.testing.assert_close(
+        out, (x - 2.0) / th.sqrt(th.tensor(2.0 / 3 + norm.eps, dtype=th.float64))
+    )
+    assert int(norm.count) == 3
+
+
+def test_norm_does_not_track_gradients_of_stats():
+    norm = RunningNorm(2)
+    x = rand(4, 2).requires_grad_()
+    norm(x).sum().backward()
+    assert x.grad is not None
+    assert not norm.running_mean.requires_grad and norm.running_mean.grad_fn is None
+
+
+@pytest.mark.parametrize("cls", [RunningNorm, EMANorm])
+def test_reset_running_stats(cls):
+    norm = cls(2)
+    norm(rand(8, 2, loc=5.0))
+    norm.reset_running_stats()
+    m = norm.moments()
+    assert m.count == 0
+    np.testing.assert_array_equal(m.mean, [0.0, 0.0])
+    np.testing.assert_array_equal(m.var, [1.0, 1.0])
+    if cls is EMANorm:
+        assert int(norm.num_batches) == 0
+        norm(th.tensor([[1.0, 2.0], [3.0, 6.0]]))  # first batch after reset: its own stats
+        np.testing.assert_allclose(norm.moments().mean, [2.0, 4.0])
+
+
+@pytest.mark.parametrize("cls", [RunningNorm, EMANorm])
+def test_norm_bad_batch_shapes(cls):
+    norm = cls(3)
+    with pytest.raises(ValueError, match=r"expected a batch of shape \(B, 3\), got \(4, 2\)"):
+        norm.update_stats(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"\(B, 3\), got \(4,\)"):
+        norm(th.zeros(4))
+    with pytest.raises(ValueError, match="num_features must be >= 1, got 0"):
+        cls(0)
+
+
+def test_running_norm_numpy_and_tensor_updates_agree():
+    data = rand(30, 4, scale=2.0, loc=1.0)
+    a, b = RunningNorm(4), RunningNorm(4)
+    for chunk in data.split(7):
+        a.update_stats(chunk)
+        b.update_stats(chunk.numpy())
+    assert a.moments().allclose(b.moments())
+    assert a.moments().allclose(Moments.of(data.double().numpy()))
+
+
+def test_emanorm_bias_correction_and_weights():
+    decay = 0.9
+    norm = EMANorm(2, decay=decay)
+    batches = [rand(6, 2, seed=s, scale=1 + s, loc=3.0 * s) for s in range(4)]
+    norm.update_stats(batches[0])
+    first = batches[0].double().numpy()
+    # Bias correction: the first batch gives exactly its own mean and variance.
+    np.testing.assert_allclose(norm.moments().mean, first.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(norm.moments().var, first.var(0), rtol=1e-12)
+    for b in batches[1:]:
+        norm.update_stats(b)
+    # Batch j of k gets weight decay**(k-1-j) / sum(...): the statistics are those of the
+    # mixture of the batches' distributions with those weights.
+    w = decay ** np.arange(len(batches) - 1, -1, -1.0)
+    w /= w.sum()
+    means = np.stack([b.double().numpy().mean(0) for b in batches])
+    vars_ = np.stack([b.double().numpy().var(0) for b in batches])
+    mix_mean = (w[:, None] * means).sum(0)
+    mix_var = (w[:, None] * (vars_ + (means - mix_mean) ** 2)).sum(0)
+    m = norm.moments()
+    np.testing.assert_allclose(m.mean, mix_mean, rtol=1e-10)
+    np.testing.assert_allclose(m.var, mix_var, rtol=1e-10)
+    assert m.count == 24 and int(norm.num_batches) == 4
+    assert "num_batches" in norm.state_dict()
+
+
+def test_emanorm_ignores_empty_batches_and_validates_decay():
+    norm = EMANorm(1)
+    norm.update_stats(np.zeros((0, 1)))
+    assert int(norm.num_batches) == 0 and norm.moments().count == 0
+    for bad in (0.0, 1.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):
+            EMANorm(1, decay=bad)
+
+
+def test_running_norm_ignores_empty_tensor_batch():
+    norm = RunningNorm(2)
+    norm.update_stats(rand(3, 2))
+    before = norm.moments()
+    norm.update_stats(th.zeros(0, 2))
+    assert norm.moments().allclose(before, rtol=0, atol=0)
+    assert np.isfinite(norm.moments().mean).all()
+
+
+# ---------------------------------------------------------------- builders
+
+
+def test_build_mlp_layers_and_shapes():
+    mlp = networks.build_mlp(4, (8, 5), out_size=3, name="rew")
+    names = [n for n, _ in mlp.named_children()]
+    assert names == ["rew_dense0", "rew_act0", "rew_dense1", "rew_act1", "rew_dense_final"]
+    assert [m.out_features for m in mlp if isinstance(m, nn.Linear)] == [8, 5, 3]
+    assert mlp(th.zeros(2, 4)).shape == (2, 3)
+
+
+def test_build_mlp_options():
+    mlp = networks.build_mlp(
+        6,
+        (7,),
+        activation=nn.Tanh,
+        dropout_prob=0.5,
+        squeeze_output=True,
+        flatten_input=True,
+        normalize_input_layer=RunningNorm,
+    )
+    kinds = [type(m) for m in mlp]
+    assert kinds == [
+        nn.Flatten,
+        RunningNorm,
+        nn.Linear,
+        nn.Tanh,
+        nn.Dropout,
+        nn.Linear,
+        networks.SqueezeLayer,
+    ]
+    assert mlp[1].num_features == 6
+    assert mlp(th.zeros(5, 2, 3)).shape == (5,)
+    linear = networks.build_mlp(3, (), activation=None)
+    assert [type(m) for m in linear] == [nn.Linear] and linear(th.zeros(2, 3)).shape == (2, 1)
+    no_act = networks.build_mlp(3, (4, 4), activation=None)
+    assert not any(isinstance(m, nn.ReLU) for m in no_act)
+    with pytest.raises(ValueError, match="squeeze_output requires out_size=1, got out_size=2"):
+        networks.build_mlp(3, (4,), out_size=2, squeeze_output=True)
+
+
+def test_build_cnn_shapes_and_options():
+    cnn = networks.build_cnn(3, (4, 6), out_size=5, name="c", dropout_prob=0.1)
+    assert cnn(th.zeros(2, 3, 9, 7)).shape == (2, 5)
+    convs = [m for m in cnn if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 4), (4, 6)]
+    assert sum(isinstance(m, nn.Dropout) for m in cnn) == 2
+    assert all(n.startswith("c_") for n, _ in cnn.named_children())
+    strided = networks.build_cnn(1, (2,), kernel_size=3, stride=2, padding=1, squeeze_output=True)
+    assert strided[0].stride == (2, 2)
+    assert strided(th.zeros(4, 1, 8, 8)).shape == (4,)
+    with pytest.raises(ValueError, match="squeeze_output requires out_size=1"):
+        networks.build_cnn(1, (2,), out_size=3, squeeze_output=True)
+
+
+def test_squeeze_layer_rejects_other_shapes():
+    sq = networks.SqueezeLayer()
+    assert sq(th.zeros(3, 1)).shape == (3,)
+    for shape in [(3, 2), (3,), (3, 1, 1)]:
+        with pytest.raises(ValueError, match=r"expected shape \(B, 1\)"):
+            sq(th.zeros(shape))
+
+
+# ---------------------------------------------------------------- training / evaluating
+
+
+def tree() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Dropout(), RunningNorm(2)), nn.ReLU())
+
+
+def modes(m: nn.Module) -> list[bool]:
+    return [x.training for x in m.modules()]
+
+
+@pytest.mark.parametrize("ctx, mode", [(networks.evaluating, False), (networks.training, True)])
+@pytest.mark.parametrize(
+    "setup",
+    [
+        lambda net: net.train(),
+        lambda net: net.eval(),
+        # Mixed modes, with the root in either mode: for one of the two contexts the
+        # root is already in the target mode while a submodule is not.
+        lambda net: (net.train(), net[1].eval()),
+        lambda net: (net.eval(), net[1][1].train()),
+        lambda net: (net.eval(), net[1].train()),
+        lambda net: (net.train(), net[1][0].eval()),
+    ],
+)
+def test_mode_context_sets_every_submodule_and_restores(ctx, mode, setup):
+    net = tree()
+    setup(net)
+    before = modes(net)
+    with ctx(net) as got:
+        assert got is net
+        assert modes(net) == [mode] * len(before)
+    assert modes(net) == before
+
+
+def test_mode_context_restores_on_exception():
+    net = tree()
+    net.train()
+    net[1][0].eval()
+    before = modes(net)
+    with pytest.raises(RuntimeError), networks.evaluating(net):
+        raise RuntimeError("boom")
+    assert modes(net) == before
+
+
+def test_mode_context_restores_mixed_modes_under_a_module_overriding_train():
+    """A custom ``train()`` recursing into children must not clobber their own modes."""
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Dropout()
+            self.b = nn.Dropout()
+            self.calls: list[bool] = []
+
+        def train(self, mode: bool = True):
+            self.calls.append(mode)
+            return super().train(mode)
+
+    net = nn.Sequential(Custom(), nn.Linear(1, 1))
+    net.train()
+    net[0].b.eval()
+    before = modes(net)
+    with networks.evaluating(net):
+        assert modes(net) == [False] * len(before)
+        assert net[0].calls[-1] is False  # the override ran
+    assert modes(net) == before
+
+
+def test_mode_contexts_nest():
+    net = tree()
+    net.train()
+    with networks.evaluating(net):
+        with networks.training(net):
+            assert all(modes(net))
+        assert not any(modes(net))
+    assert all(modes(net))
+
+
+def test_walk_modules_visits_every_module():
+    net = tree()
+    walked = list(networks.walk_modules(net))
+    assert len(walked) == len(list(net.modules())) == 6
+    assert {id(m) for m in walked} == {id(m) for m in net.modules()}
+    assert walked[0] is net
+
+
+# ---------------------------------------------------------------- cross-worker helpers
+
+
+class TwoNorms(nn.Module):
+    """An MLP with an input RunningNorm, and a RunningNorm over the first raw feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = networks.build_mlp(2, (3,), normalize_input_layer=RunningNorm)
+        self.first = RunningNorm(1)
+
+    def forward(self, x: th.Tensor) -> th.Tensor:
+        self.first(x[:, 0])
+        return self.mlp(x)
+
+
+def two_norm_net() -> nn.Module:
+    return TwoNorms()
+
+
+def test_norm_moments_names_every_norm_layer():
+    net = two_norm_net()
+    got = networks.norm_moments(net)
+    assert set(got) == {"mlp.normalize_input", "first"}
+    assert got["mlp.normalize_input"].mean.shape == (2,) and got["first"].count == 0
+
+
+def test_set_norm_moments_round_trip_and_errors():
+    src, dst = two_norm_net(), two_norm_net()
+    src(rand(9, 2, loc=3.0))
+    networks.set_norm_moments(dst, networks.norm_moments(src))
+    for name, m in networks.norm_moments(dst).items():
+        assert m.allclose(networks.norm_moments(src)[name], rtol=0, atol=0)
+    assert networks.norm_moments(dst)["first"].count == 9
+    with pytest.raises(KeyError, match="expected moments for layers"):
+        networks.set_norm_moments(dst, {"first": Moments.empty((1,))})
+    extra = {**networks.norm_moments(src), "2": Moments.empty((1,))}
+    with pytest.raises(KeyError, match="'2'"):
+        networks.set_norm_moments(dst, extra)
+    ema = nn.Sequential(EMANorm(1))
+    with pytest.raises(TypeError, match="layer '0' is EMANorm"):
+        networks.set_norm_moments(ema, networks.norm_moments(ema))
+
+
+def test_merge_norm_updates_equals_one_net_seeing_all_data():
+    base_net = two_norm_net()
+    base_net(rand(5, 2, seed=9, loc=-1.0))  # shared starting statistics
+    base = networks.norm_moments(base_net)
+    single = two_norm_net()
+    single.load_state_dict(base_net.state_dict())
+    updates = []
+    for seed in range(3):  # three workers, each a copy of base fed its own shard
+        worker = two_norm_net()
+        worker.load_state_dict(base_net.state_dict())
+        shard = rand(4 + seed, 2, seed=seed, scale=2.0, loc=seed)
+        worker(shard)
+        single(shard)
+        updates.append(networks.norm_moments(worker))
+    merged = networks.merge_norm_updates(base, updates)
+    want = networks.norm_moments(single)
+    assert set(merged) == set(want)
+    for name in want:
+        assert merged[name].allclose(want[name]), name
+    assert merged["first"].count == 5 + 4 + 5 + 6
+    networks.set_norm_moments(base_net, merged)
+    assert networks.norm_moments(base_net)["first"].count == 20
+
+
+def test_merge_norm_updates_missing_layer_is_named():
+    base = networks.norm_moments(two_norm_net())
+    partial = {"first": base["first"]}
+    with pytest.raises(KeyError, match="mlp.normalize_input"):
+        networks.merge_norm_updates(base, [partial])
