@@ -1,0 +1,134 @@
+"""``ray-rewards relabel`` on the Parquet a real RLlib offline-output run writes."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import gymnasium as gym
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch as th
+from click.testing import CliRunner
+
+from ray_rewards import networks, serialize
+from ray_rewards.cli import main
+from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
+from ray_rewards.stats import Moments
+
+
+@pytest.fixture(scope="module")
+def rllib_output(ray_session, tmp_path_factory):
+    """Transitions of CartPole recorded by RLlib's OfflineSingleAgentEnvRunner with
+    ``output_write_episodes=False`` and RLlib's default compression of obs/new_obs."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    out = tmp_path_factory.mktemp("rllib") / "offline"
+    config = (
+        PPOConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=0)
+        .offline_data(
+            output=str(out),
+            output_write_episodes=False,
+            # Fewer, larger files: RLlib writes one file per row otherwise.
+            output_write_method_kwargs={"min_rows_per_file": 1000},
+        )
+        .training(train_batch_size_per_learner=64, minibatch_size=32, num_epochs=1)
+    )
+    algo = config.build_algo()
+    try:
+        algo.env_runner.sample(num_timesteps=60, random_actions=True)
+        algo.env_runner.sample(num_timesteps=40, random_actions=True)
+    finally:
+        algo.stop()
+    return str(out)
+
+
+def read_dir(path: str):
+    import pyarrow as pa
+
+    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True))
+    assert files, f"no parquet under {path}"
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+@pytest.fixture(scope="module")
+def saved_reward(tmp_path_factory):
+    th.manual_seed(0)
+    obs = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    net = NormalizedRewardNet(
+        BasicRewardNet(obs, gym.spaces.Discrete(2), use_next_state=True, use_done=True),
+        networks.RunningNorm,
+    )
+    net.normalize_output_layer.set_moments(Moments(10, np.array([0.1]), np.array([0.5])))
+    path = tmp_path_factory.mktemp("net") / "net.pt"
+    serialize.save(net, path)
+    return net, str(path)
+
+
+def test_round_trip_on_rllib_offline_output(rllib_output, saved_reward, tmp_path):
+    from ray.rllib.utils.compression import unpack
+
+    net, path = saved_reward
+    src = read_dir(rllib_output)
+    assert src.num_rows >= 100
+    assert str(src.schema.field("obs").type) == "string"  # RLlib packed it
+    out = tmp_path / "relabeled"
+    result = CliRunner().invoke(
+        main, ["relabel", rllib_output, str(out), "--reward", path, "--batch-size", "32"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"relabeled {src.num_rows} rows" in result.output
+    got = read_dir(str(out)).to_pandas()
+    assert len(got) == src.num_rows
+    # Every original column is kept; the rewards are the net's on the same rows
+    # (decoded here with RLlib's own unpack).
+    assert set(src.column_names) <= set(got.columns)
+    obs = np.stack([unpack(v) for v in got["obs"]])
+    new_obs = np.stack([unpack(v) for v in got["new_obs"]])
+    want = net.predict_processed(
+        obs,
+        got["actions"].to_numpy().copy(),
+        new_obs,
+        got["terminateds"].to_numpy().copy(),
+        update_stats=False,
+    )
+    np.testing.assert_allclose(got["learned_rewards"].to_numpy(), want, rtol=1e-5, atol=1e-6)
+    assert sorted(got["rewards"]) == sorted(src.column("rewards").to_pylist())
+    # No leftovers beside the output.
+    assert os.listdir(tmp_path) == ["relabeled"]
+
+
+def test_failed_job_writes_nothing(rllib_output, tmp_path):
+    th.manual_seed(0)
+    wrong = BasicRewardNet(gym.spaces.Box(-1, 1, (7,)), gym.spaces.Discrete(2))
+    serialize.save(wrong, tmp_path / "wrong.pt")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["relabel", rllib_output, str(out), "--reward", str(tmp_path / "wrong.pt")]
+    )
+    assert result.exit_code == 1
+    assert "column 'obs': expected rows of shape (7,)" in result.output
+    assert sorted(os.listdir(tmp_path)) == ["wrong.pt"]  # no OUTPUT, no temp dir
+
+
+def test_existing_output_and_missing_files_are_refused(rllib_output, saved_reward, tmp_path):
+    _, path = saved_reward
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("keep me")
+    result = CliRunner().invoke(
+        main, ["relabel", rllib_output, str(tmp_path / "taken"), "--reward", path]
+    )
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert (tmp_path / "taken" / "x").read_text() == "keep me"
+    result = CliRunner().invoke(
+        main, ["relabel", rllib_output, str(tmp_path / "o"), "--reward", str(tmp_path / "no")]
+    )
+    assert result.exit_code == 1 and "no saved reward net" in result.output
+    result = CliRunner().invoke(
+        main, ["relabel", str(tmp_path / "nothing"), str(tmp_path / "o"), "--reward", path]
+    )
+    assert result.exit_code == 1 and "no such file or directory" in result.output
+    assert not (tmp_path / "o").exists()
