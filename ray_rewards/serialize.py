@@ -397,7 +397,16 @@ def save(
     temporary name in the same directory, fsync'ed and renamed over ``path``, so a
     crash never leaves a partial file under ``path``.
     """
-    data = _to_bytes(net)
+    write_bytes(path, _to_bytes(net), filesystem=filesystem)
+
+
+def write_bytes(path: PathLike, data: bytes, *, filesystem: pafs.FileSystem | None = None) -> None:
+    """Write ``data`` to a local path or URI as :func:`save` writes a net: atomically.
+
+    A local file goes to a temporary name in the same directory, is fsync'ed and
+    renamed; a remote one is uploaded under a temporary name and moved. Parent
+    directories are created. Used for job results that sit beside saved nets.
+    """
     fs, fs_path = _resolve(path, filesystem)
     if fs is None:
         _write_local(fs_path, data)
@@ -876,4 +885,5 @@ __all__ = [
     "space_from_data",
     "space_to_data",
     "wrapper_chain",
+    "write_bytes",
 ]

@@ -1,0 +1,582 @@
+"""The configs in cluster/ are valid for the tools that read them (fast, no cluster).
+
+- Launcher YAMLs: Ray's own ``prepare_config`` + ``validate_config`` (the autoscaler's
+  JSON schema shipped with the installed Ray), as ``ray up`` runs them.
+- KubeRay manifests: the CRD structure we rely on (from KubeRay's ray.io/v1 Go types:
+  RayClusterSpec, HeadGroupSpec, WorkerGroupSpec, RayJobSpec), then Ray's own KubeRay
+  autoscaler code turning the RayCluster into an autoscaler config.
+- Job configs: every file parses for its job; bad configs fail with clear errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import shlex
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+from ray.autoscaler._private.kuberay.autoscaling_config import (
+    _derive_autoscaling_config_from_ray_cr,
+)
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from ray_rewards import jobs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLUSTER = os.path.join(ROOT, "cluster")
+LAUNCHER_CONFIGS = sorted(glob.glob(os.path.join(CLUSTER, "*", "ray-cluster.yaml")))
+RAYJOBS = sorted(glob.glob(os.path.join(CLUSTER, "kuberay", "rayjob-*.yaml")))
+JOB_CONFIGS = sorted(
+    glob.glob(os.path.join(CLUSTER, "jobs", "*.yaml"))
+    + glob.glob(os.path.join(CLUSTER, "local", "jobs", "*.yaml"))
+)
+# The custom resource that marks CPU worker nodes (the local worker node has it too).
+CPU_WORKER = "cpu_worker"
+GPU_INSTANCE_FAMILIES = ("g4dn.", "g5.", "g6.", "p3.", "p4d.", "p5.")
+
+
+def _load(path: str) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _rel(path: str) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+# ------------------------------------------------------------------------------------
+# Cluster launcher (ray up)
+# ------------------------------------------------------------------------------------
+
+
+def test_every_provider_has_a_launcher_config():
+    assert {os.path.basename(os.path.dirname(p)) for p in LAUNCHER_CONFIGS} >= {"aws", "gcp"}
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=_rel)
+def test_launcher_config_passes_rays_schema(path):
+    config = prepare_config(_load(path))
+    validate_config(config)
+    assert config["head_node_type"] in config["available_node_types"]
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=_rel)
+def test_launcher_config_has_cpu_head_cpu_and_gpu_workers(path):
+    config = _load(path)
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("CPU") == 0, "the head must not take tasks"
+    assert "GPU" not in head["resources"]
+    workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
+    cpu = [t for t in workers.values() if CPU_WORKER in t["resources"]]
+    assert cpu and all(t.get("min_workers", 0) >= 1 for t in cpu)
+
+    def has_gpu(t: dict) -> bool:
+        if config["provider"]["type"] == "aws":  # GPUs are detected from the type
+            return t["node_config"]["InstanceType"].startswith(GPU_INSTANCE_FAMILIES)
+        return t["resources"].get("GPU", 0) >= 1 and bool(t["node_config"]["guestAccelerators"])
+
+    gpu = [t for t in workers.values() if has_gpu(t)]
+    assert gpu, "no GPU worker type"
+    assert all(t.get("min_workers", 0) == 0 for t in gpu), "GPU nodes start on demand"
+    assert all(t["docker"]["worker_image"].endswith("-gpu") for t in gpu)
+
+
+@pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=_rel)
+def test_launcher_setup_installs_torch_then_this_package(path):
+    config = _load(path)
+    commands = config["setup_commands"]
+    torch_at = next(i for i, c in enumerate(commands) if "torch==" in c)
+    package_at = next(i for i, c in enumerate(commands) if "ray_rewards" in c)
+    # torch first: otherwise the package's torch requirement pulls the default build.
+    assert torch_at < package_at
+    assert config["file_mounts"]["~/ray_rewards"] == "."
+    assert "ray stop" in config["head_start_ray_commands"][0]
+    assert any("--head" in c and "--dashboard-host" in c for c in config["head_start_ray_commands"])
+
+
+def test_launcher_schema_rejects_a_broken_config():
+    """The validation above can fail: Ray's schema refuses bad types and unknown keys."""
+    config = _load(os.path.join(CLUSTER, "aws", "ray-cluster.yaml"))
+    bad_type = copy.deepcopy(config)
+    bad_type["available_node_types"]["gpu_worker"]["resources"] = {"GPU": "one"}
+    with pytest.raises(jsonschema.ValidationError, match="one"):
+        validate_config(prepare_config(bad_type))
+    unknown = copy.deepcopy(config)
+    unknown["available_node_types"]["gpu_worker"]["min_worker"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="min_worker"):
+        validate_config(prepare_config(unknown))
+
+
+# ------------------------------------------------------------------------------------
+# KubeRay (ray.io/v1)
+# ------------------------------------------------------------------------------------
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_INT32 = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+_POD_TEMPLATE = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "required": ["containers"],
+            "properties": {
+                "containers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "object", "required": ["name", "image"]},
+                },
+                "volumes": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+            },
+        },
+    },
+}
+# Fields of KubeRay's HeadGroupSpec / WorkerGroupSpec / RayClusterSpec / RayJobSpec
+# (ray-operator/apis/ray/v1/*_types.go); "required" lists what the CRD requires plus
+# what these manifests rely on. Unknown fields are refused: a typo would be silently
+# dropped by the API server.
+_HEAD_GROUP = {
+    "type": "object",
+    "required": ["rayStartParams", "template"],
+    "additionalProperties": False,
+    "properties": {
+        "serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+        "headService": {"type": "object"},
+        "enableIngress": {"type": "boolean"},
+        "rayStartParams": _STRING_MAP,
+        "template": _POD_TEMPLATE,
+        "resources": _STRING_MAP,
+        "labels": _STRING_MAP,
+    },
+}
+_WORKER_GROUP = {
+    "type": "object",
+    "required": [
+        "groupName",
+        "replicas",
+        "minReplicas",
+        "maxReplicas",
+        "rayStartParams",
+        "template",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "groupName": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"},
+        "replicas": _INT32,
+        "minReplicas": _INT32,
+        "maxReplicas": _INT32,
+        "numOfHosts": _INT32,
+        "idleTimeoutSeconds": _INT32,
+        "suspend": {"type": "boolean"},
+        "rayStartParams": _STRING_MAP,
+        "template": _POD_TEMPLATE,
+        "scaleStrategy": {"type": "object"},
+        "resources": _STRING_MAP,
+        "labels": _STRING_MAP,
+    },
+}
+_RAY_CLUSTER_SPEC = {
+    "type": "object",
+    "required": ["rayVersion", "headGroupSpec", "workerGroupSpecs"],
+    "additionalProperties": False,
+    "properties": {
+        "rayVersion": {"type": "string"},
+        "enableInTreeAutoscaling": {"type": "boolean"},
+        "autoscalerOptions": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "upscalingMode": {"enum": ["Default", "Aggressive", "Conservative"]},
+                "idleTimeoutSeconds": _INT32,
+                "resources": {"type": "object"},
+                "image": {"type": "string"},
+                "imagePullPolicy": {"type": "string"},
+                "env": {"type": "array"},
+                "envFrom": {"type": "array"},
+                "volumeMounts": {"type": "array"},
+                "securityContext": {"type": "object"},
+                "version": {"enum": ["v1", "v2"]},
+            },
+        },
+        "headServiceAnnotations": _STRING_MAP,
+        "suspend": {"type": "boolean"},
+        "managedBy": {"type": "string"},
+        "gcsFaultToleranceOptions": {"type": "object"},
+        "headGroupSpec": _HEAD_GROUP,
+        "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
+    },
+}
+
+
+def _resource(kind: str, spec: dict) -> dict:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "maxLength": 63}},
+            },
+            "spec": spec,
+        },
+    }
+
+
+RAY_CLUSTER_SCHEMA = _resource("RayCluster", _RAY_CLUSTER_SPEC)
+RAY_JOB_SCHEMA = _resource(
+    "RayJob",
+    {
+        "type": "object",
+        "required": ["entrypoint", "rayClusterSpec", "shutdownAfterJobFinishes"],
+        "additionalProperties": False,
+        "properties": {
+            "activeDeadlineSeconds": _INT32,
+            "backoffLimit": _INT32,
+            "rayClusterSpec": _RAY_CLUSTER_SPEC,
+            "submitterPodTemplate": _POD_TEMPLATE,
+            "metadata": _STRING_MAP,
+            "clusterSelector": _STRING_MAP,
+            "submitterConfig": {"type": "object"},
+            "managedBy": {"type": "string"},
+            "deletionStrategy": {"type": "object"},
+            "entrypoint": {"type": "string", "minLength": 1},
+            "runtimeEnvYAML": {"type": "string"},
+            "jobId": {"type": "string"},
+            "submissionMode": {
+                "enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]
+            },
+            "entrypointResources": {"type": "string"},
+            "entrypointNumCpus": {"type": "number"},
+            "entrypointNumGpus": {"type": "number"},
+            "ttlSecondsAfterFinished": _INT32,
+            "shutdownAfterJobFinishes": {"type": "boolean"},
+            "suspend": {"type": "boolean"},
+            "schedule": {"type": "string"},
+        },
+    },
+)
+
+
+def _raycluster() -> dict:
+    return _load(os.path.join(CLUSTER, "kuberay", "raycluster.yaml"))
+
+
+def _check_cluster_spec(spec: dict) -> None:
+    """What the KubeRay operator's validation and our jobs need beyond the schema."""
+    groups = spec["workerGroupSpecs"]
+    assert len({g["groupName"] for g in groups}) == len(groups)
+    for g in groups:
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], g["groupName"]
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    pods = [spec["headGroupSpec"]["template"], *(g["template"] for g in groups)]
+    images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+    assert len(images) == 1
+    # Every volume mounted is declared in its pod.
+    for pod in pods:
+        declared = {v["name"] for v in pod["spec"].get("volumes", [])}
+        for container in pod["spec"]["containers"]:
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= declared
+
+
+def test_raycluster_matches_the_crd_structure():
+    cluster = _raycluster()
+    jsonschema.validate(cluster, RAY_CLUSTER_SCHEMA)
+    _check_cluster_spec(cluster["spec"])
+
+
+def test_raycluster_becomes_a_valid_autoscaler_config_with_cpu_head_and_gpu_workers():
+    """Ray's KubeRay autoscaler reads the RayCluster (and validates the result)."""
+    cluster = _raycluster()
+    cluster["metadata"]["namespace"] = "default"
+    config = _derive_autoscaling_config_from_ray_cr(cluster)
+    validate_config(config)
+    types = config["available_node_types"]
+    assert types["headgroup"]["resources"]["CPU"] == 0
+    assert types["cpu-workers"]["resources"][CPU_WORKER] == types["cpu-workers"]["resources"]["CPU"]
+    assert types["gpu-workers"]["resources"]["GPU"] == 1
+    assert types["gpu-workers"]["min_workers"] == 0
+
+
+def test_crd_structure_rejects_broken_manifests():
+    cluster = _raycluster()
+    typo = copy.deepcopy(cluster)
+    typo["spec"]["workerGroupSpecs"][0]["minReplica"] = 1
+    with pytest.raises(jsonschema.ValidationError, match="minReplica"):
+        jsonschema.validate(typo, RAY_CLUSTER_SCHEMA)
+    nameless = copy.deepcopy(cluster)
+    del nameless["spec"]["workerGroupSpecs"][1]["groupName"]
+    with pytest.raises(jsonschema.ValidationError, match="groupName"):
+        jsonschema.validate(nameless, RAY_CLUSTER_SCHEMA)
+    job = _load(RAYJOBS[0])
+    del job["spec"]["entrypoint"]
+    with pytest.raises(jsonschema.ValidationError, match="entrypoint"):
+        jsonschema.validate(job, RAY_JOB_SCHEMA)
+
+
+def test_there_is_a_rayjob_for_every_job():
+    assert {os.path.basename(p)[len("rayjob-") : -len(".yaml")] for p in RAYJOBS} == set(jobs.JOBS)
+
+
+@pytest.mark.parametrize("path", RAYJOBS, ids=_rel)
+def test_rayjob_runs_its_job_with_a_valid_config_on_the_raycluster_spec(path):
+    job = _load(path)
+    jsonschema.validate(job, RAY_JOB_SCHEMA)
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    # One cluster spec for every manifest: the RayJobs must not drift from it.
+    assert spec["rayClusterSpec"] == _raycluster()["spec"]
+    _check_cluster_spec(spec["rayClusterSpec"])
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["python", "-m", "ray_rewards.jobs"]
+    name = argv[3]
+    assert path.endswith(f"rayjob-{name}.yaml") and name in jobs.JOBS
+    config_path = argv[argv.index("--config") + 1]
+    # The config is the file of cluster/jobs/ that the head mounts from the ConfigMap.
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in head["containers"][0]["volumeMounts"]}
+    configmaps = {v["name"] for v in head["volumes"] if "configMap" in v}
+    assert any(os.path.dirname(config_path) == mounts[v] for v in configmaps)
+    local_copy = os.path.join(CLUSTER, "jobs", os.path.basename(config_path))
+    assert jobs.load_config(local_copy, name).job == name
+
+
+def test_kuberay_shared_volume_claim_is_defined():
+    claim = _load(os.path.join(CLUSTER, "kuberay", "shared-storage.yaml"))
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    spec = _raycluster()["spec"]
+    pods = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    for pod in pods:
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        ]
+        assert claims == [claim["metadata"]["name"]]
+
+
+def test_every_config_uses_one_ray_version():
+    versions = {_raycluster()["spec"]["rayVersion"]}
+    for path in LAUNCHER_CONFIGS:
+        config = _load(path)
+        images = [config["docker"]["image"]] + [
+            t["docker"]["worker_image"]
+            for t in config["available_node_types"].values()
+            if "docker" in t
+        ]
+        versions |= {image.split(":")[1].split("-")[0] for image in images}
+    with open(os.path.join(CLUSTER, "docker", "Dockerfile")) as f:
+        base = next(line.split()[1] for line in f if line.startswith("FROM "))
+    versions.add(base.split(":")[1].split("-")[0])
+    assert len(versions) == 1, versions
+
+
+# ------------------------------------------------------------------------------------
+# Job configs and entrypoints
+# ------------------------------------------------------------------------------------
+
+
+def test_every_job_has_a_cloud_and_a_local_config():
+    for folder in ("jobs", os.path.join("local", "jobs")):
+        names = {
+            os.path.basename(p)[: -len(".yaml")]
+            for p in JOB_CONFIGS
+            if os.path.dirname(p) == os.path.join(CLUSTER, folder)
+        }
+        assert names == set(jobs.JOBS), folder
+
+
+@pytest.mark.parametrize("path", JOB_CONFIGS, ids=_rel)
+def test_job_config_file_is_valid(path):
+    name = os.path.basename(path)[: -len(".yaml")]
+    cfg = jobs.load_config(path, name)
+    assert cfg.job == name and cfg.storage_path
+    if name == "rllib":
+        algo = jobs.algorithm_config(cfg.settings)
+        custom = algo.custom_resources_per_env_runner
+        # Env runners are pinned to CPU workers by the resource those nodes offer.
+        assert custom == {CPU_WORKER: 1}
+
+
+def test_cpu_worker_resource_is_what_the_local_cluster_and_the_cloud_configs_offer():
+    with open(os.path.join(CLUSTER, "local", "start.sh")) as f:
+        assert f'{{\\"{CPU_WORKER}\\": $WORKER_CPUS}}' in f.read()
+    for path in LAUNCHER_CONFIGS:
+        types = _load(path)["available_node_types"].values()
+        assert any(CPU_WORKER in t["resources"] for t in types)
+
+
+def _write(tmp_path, data, name="job.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return str(path)
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    path = _write(
+        tmp_path,
+        {"storage_path": "out", "relabel": {"input": "data/x", "reward": "s3://b/net.pt"}},
+    )
+    cfg = jobs.load_config(path, "relabel")
+    assert cfg.storage_path == str(tmp_path / "out")
+    assert cfg.settings.input == str(tmp_path / "data" / "x")
+    assert cfg.settings.reward == "s3://b/net.pt"
+    override = jobs.load_config(path, "relabel", storage_path="gs://b/run2")
+    assert override.storage_path == "gs://b/run2"
+    # A command-line override is relative to the working directory.
+    monkeypatch.chdir(tmp_path / "..")
+    local = jobs.load_config(path, "relabel", storage_path="runs/2")
+    assert local.storage_path == str(tmp_path.parent / "runs" / "2")
+
+
+def test_values_are_converted_and_type_checked(tmp_path):
+    cfg = jobs.parse_config(
+        {"storage_path": "/r", "pipeline": {"hid_sizes": [8, 8], "lr": 1, "num_pairs": 10}},
+        "pipeline",
+    )
+    assert cfg.settings.hid_sizes == (8, 8) and cfg.settings.lr == 1.0
+    assert isinstance(cfg.settings.lr, float)
+
+
+@pytest.mark.parametrize(
+    ("job", "data", "error", "match"),
+    [
+        ("pipeline", ["not", "a", "mapping"], ValueError, "expected a mapping"),
+        ("pipeline", {"pipeline": {}}, ValueError, "'storage_path' is required"),
+        ("pipeline", {"storage_path": "/r", "train": {}}, ValueError, "section for job 'train'"),
+        (
+            "pipeline",
+            {"storage_path": "/r", "pipline": {}},
+            ValueError,
+            r"unknown top-level.*pipline",
+        ),
+        ("pipeline", {"storage_path": "/r", "pipeline": {"epoch": 3}}, ValueError, "epoch"),
+        (
+            "pipeline",
+            {"storage_path": "/r", "pipeline": {"epochs": "3"}},
+            TypeError,
+            r"pipeline\.epochs: expected int, got '3'",
+        ),
+        (
+            "pipeline",
+            {"storage_path": "/r", "pipeline": {"hid_sizes": [8, "x"]}},
+            TypeError,
+            "hid_sizes",
+        ),
+        (
+            "pipeline",
+            {"storage_path": "/r", "pipeline": {"output_dir": "x"}},
+            ValueError,
+            "set by the job",
+        ),
+        ("pipeline", {"storage_path": "s3://b/p", "pipeline": {}}, ValueError, "work_dir"),
+        (
+            "relabel",
+            {"storage_path": "/r", "work_dir": "/w", "relabel": {}},
+            ValueError,
+            "pipeline setting",
+        ),
+        (
+            "relabel",
+            {"storage_path": "/r", "relabel": {"input": "x"}},
+            ValueError,
+            r"missing required keys \['reward'\]",
+        ),
+        (
+            "relabel",
+            {"storage_path": "/r", "relabel": {"input": "x", "reward": "y", "update_stats": "yes"}},
+            TypeError,
+            "update_stats: expected bool",
+        ),
+        (
+            "train",
+            {
+                "storage_path": "/r",
+                "train": {"train_data": "d", "env": "Pendulum-v1", "output": "n.pt"},
+            },
+            ValueError,
+            "train.output is set by the job",
+        ),
+        (
+            "train",
+            {"storage_path": "/r", "train": {"train_data": "s3://b/d", "env": "E"}},
+            ValueError,
+            "train_data is a URI",
+        ),
+        (
+            "train",
+            {"storage_path": "/r", "train": {"train_data": "d", "env": "E", "loss": "hinge"}},
+            ValueError,
+            r"train: loss: expected one of",
+        ),
+        (
+            "rllib",
+            {"storage_path": "/r", "rllib": {"reward": "n.pt"}},
+            ValueError,
+            "iterations, env_steps or both",
+        ),
+        (
+            "rllib",
+            {"storage_path": "/r", "rllib": {"reward": "n.pt", "iterations": 0}},
+            ValueError,
+            r"rllib\.iterations: expected >= 1",
+        ),
+        ("fly", {"storage_path": "/r"}, ValueError, "unknown job 'fly'"),
+    ],
+)
+def test_bad_config_errors_name_the_problem(job, data, error, match):
+    with pytest.raises(error, match=match):
+        jobs.parse_config(data, job, source="job.yaml")
+
+
+def test_bad_rllib_settings_name_the_key():
+    with pytest.raises(ValueError, match=r"rllib\.config\.num_env_runnerz"):
+        jobs.algorithm_config(
+            jobs.RLlibJobConfig(reward="n.pt", iterations=1, config={"num_env_runnerz": 2})
+        )
+    with pytest.raises(ValueError, match="rllib.algorithm"):
+        jobs.algorithm_config(jobs.RLlibJobConfig(reward="n.pt", iterations=1, algorithm="PPX"))
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    result = CliRunner().invoke(
+        jobs.main, ["relabel", "--config", _write(tmp_path, {"storage_path": "/r"})]
+    )
+    assert result.exit_code == 2
+    assert "missing required keys ['input', 'reward']" in result.output
+    missing = CliRunner().invoke(jobs.main, ["relabel", "--config", str(tmp_path / "no.yaml")])
+    assert missing.exit_code == 2 and "No such file" in missing.output
+    bad_yaml = CliRunner().invoke(jobs.main, ["relabel", "--config", _write(tmp_path, "a: [")])
+    assert bad_yaml.exit_code == 2 and "not valid YAML" in bad_yaml.output
+
+
+def test_a_finished_run_is_never_overwritten(tmp_path):
+    (tmp_path / jobs.RESULTS_FILE).write_text(json.dumps({"job": "relabel"}))
+    cfg = jobs.parse_config(
+        {"storage_path": str(tmp_path), "relabel": {"input": "x", "reward": "y"}}, "relabel"
+    )
+    with pytest.raises(FileExistsError, match="finished job's results"):
+        jobs.run_job(cfg)
+
+
+def test_storage_join_keeps_uris():
+    assert jobs.storage_join("s3://b/p/", "x", "y.pt") == "s3://b/p/x/y.pt"
+    assert jobs.storage_join("/r", "x") == os.path.join("/r", "x")
+
+
+@pytest.mark.parametrize(
+    "script", sorted(glob.glob(os.path.join(CLUSTER, "local", "*.sh"))), ids=_rel
+)
+def test_local_cluster_scripts_parse(script):
+    subprocess.run(["bash", "-n", script], check=True)
