@@ -1,0 +1,185 @@
+"""What relabeling with a reward net costs RLlib training.
+
+1. PPO on Pendulum-v1, one config, built twice in one Ray runtime: once as is
+   (env reward) and once through ``with_learned_reward``. Training iterations
+   alternate between the two (so both see the same machine load); the figure is
+   env steps trained per second, best of ``--rounds`` iterations each, and the
+   ratio learned/env (target >= 0.95).
+2. The connector alone: ``RelabelRewards`` on the episode chunks of one PPO train
+   batch vs the net's own ``predict_processed`` on the same transitions, already
+   gathered into arrays (target >= 0.8); best of ``--repeats``. Also shown: a
+   replay-buffer-like batch of one-step episodes (what SAC/DQN learners get), and
+   the bare ``forward`` under ``no_grad`` on ready tensors, for reference.
+
+Run: ``python benchmarks/rllib_relabel_overhead.py`` (``--help`` for sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import gymnasium as gym
+import numpy as np
+import ray
+import torch as th
+from ray.rllib.algorithms.ppo import PPOConfig
+
+from ray_rewards import networks
+from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
+from ray_rewards.rllib import RelabelRewards, with_learned_reward
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="timed PPO iterations per variant")
+    p.add_argument("--repeats", type=int, default=30, help="timed connector calls")
+    p.add_argument("--train-batch-size", type=int, default=4000)
+    p.add_argument("--num-env-runners", type=int, default=2)
+    p.add_argument("--envs-per-runner", type=int, default=4)
+    p.add_argument("--num-epochs", type=int, default=10)
+    p.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="reward net MLP")
+    p.add_argument("--replay-batch", type=int, default=256, help="one-step episodes")
+    return p.parse_args()
+
+
+def make_net(hidden: list[int]) -> NormalizedRewardNet:
+    env = gym.make("Pendulum-v1")
+    base = BasicRewardNet(
+        env.observation_space, env.action_space, use_next_state=True, hid_sizes=tuple(hidden)
+    )
+    return NormalizedRewardNet(base, networks.RunningNorm)
+
+
+def ppo_config(args: argparse.Namespace) -> PPOConfig:
+    return (
+        PPOConfig()
+        .environment("Pendulum-v1")
+        .env_runners(
+            num_env_runners=args.num_env_runners, num_envs_per_env_runner=args.envs_per_runner
+        )
+        .training(
+            train_batch_size_per_learner=args.train_batch_size,
+            minibatch_size=500,
+            num_epochs=args.num_epochs,
+        )
+        .reporting(min_time_s_per_iteration=0)
+    )
+
+
+def best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def ppo_throughput(args: argparse.Namespace, net: NormalizedRewardNet) -> tuple[float, float, list]:
+    """Best env steps/s without and with the learned reward, and one batch of episodes."""
+    config = ppo_config(args)
+    algos = {
+        "env reward": config.build_algo(),
+        "learned reward": with_learned_reward(config, net).build_algo(),
+    }
+    best = dict.fromkeys(algos, 0.0)
+    try:
+        for algo in algos.values():  # warm-up
+            algo.train()
+        for _ in range(args.rounds):
+            for name, algo in algos.items():
+                t0 = time.perf_counter()
+                result = algo.train()
+                steps = result["env_runners"]["num_env_steps_sampled"]
+                best[name] = max(best[name], steps / (time.perf_counter() - t0))
+        episodes = algos["env reward"].env_runner_group.foreach_env_runner(
+            lambda er: er.sample(
+                num_timesteps=args.train_batch_size // max(1, args.num_env_runners)
+            ),
+            local_env_runner=args.num_env_runners == 0,
+        )
+    finally:
+        for algo in algos.values():
+            algo.stop()
+    return best["env reward"], best["learned reward"], [e for eps in episodes for e in eps]
+
+
+def transitions_of(episodes):
+    obs = [np.asarray(e.get_observations()) for e in episodes]
+    return (
+        np.concatenate([o[:-1] for o in obs]),
+        np.concatenate([np.asarray(e.get_actions()) for e in episodes]),
+        np.concatenate([o[1:] for o in obs]),
+        np.concatenate([_dones(e) for e in episodes]),
+    )
+
+
+def _dones(episode) -> np.ndarray:
+    done = np.zeros(len(episode), dtype=np.float32)
+    done[-1] = float(episode.is_terminated)
+    return done
+
+
+def connector_vs_raw(net, episodes, repeats: int) -> tuple[float, float, float, int]:
+    """Seconds per call: connector on the chunks, predict_processed on arrays, bare forward."""
+    piece = RelabelRewards(net)
+    arrays = transitions_of(episodes)
+    tensors = net.preprocess(*arrays)
+
+    def forward():
+        with th.no_grad(), networks.evaluating(net):
+            net(*tensors)
+
+    t_connector = best_time(
+        lambda: piece(rl_module=None, batch={}, episodes=episodes, shared_data={}), repeats
+    )
+    t_raw = best_time(lambda: net.predict_processed(*arrays, update_stats=False), repeats)
+    t_forward = best_time(forward, repeats)
+    return t_connector, t_raw, t_forward, len(arrays[0])
+
+
+def one_step_episodes(episodes, n: int, seed: int = 0):
+    """``n`` one-step slices of random steps, like EpisodeReplayBuffer samples."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        e = episodes[rng.integers(len(episodes))]
+        t = int(rng.integers(len(e)))
+        out.append(e.slice(slice(t, t + 1)))
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    net = make_net(args.hidden)
+    print(
+        f"reward net: NormalizedRewardNet(BasicRewardNet(hid={tuple(args.hidden)})); "
+        f"PPO batch {args.train_batch_size}, {args.num_env_runners} env runners x "
+        f"{args.envs_per_runner} envs, {args.num_epochs} epochs"
+    )
+    base, learned, episodes = ppo_throughput(args, net)
+    print(
+        f"PPO env steps trained/s (best of {args.rounds}): env reward {base:,.0f}, "
+        f"learned reward {learned:,.0f}; ratio {learned / base:.3f} (target >= 0.95)"
+    )
+    for label, eps in (
+        (f"PPO batch ({len(episodes)} chunks)", copy.deepcopy(episodes)),
+        (
+            f"replay sample ({args.replay_batch} one-step episodes)",
+            one_step_episodes(episodes, args.replay_batch),
+        ),
+    ):
+        t_conn, t_raw, t_fwd, n = connector_vs_raw(net, eps, args.repeats)
+        print(
+            f"{label}, {n} transitions: connector {n / t_conn:,.0f}/s, "
+            f"predict_processed on arrays {n / t_raw:,.0f}/s -> ratio {t_raw / t_conn:.3f} "
+            f"(target >= 0.8); bare forward {n / t_fwd:,.0f}/s"
+        )
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""``with_learned_reward``: one call that makes any RLlib algorithm train on a reward net.
+
+It returns a copy of the config with three additions:
+
+1. A learner connector (:class:`LearnedRewardConnector`) that puts a
+   :class:`~ray_rewards.rllib.RelabelRewards` at the front of every learner
+   pipeline, ahead of any learner connector the config already had (so a user's
+   piece, e.g. a curiosity bonus, adds to the learned reward instead of being
+   overwritten by it). The net travels inside it as the bytes of its
+   ray_rewards save file; each Learner loads its own copy once.
+2. An ``on_train_result`` callback (:class:`LearnedRewardResults`), appended to any
+   the config has: it merges normalization statistics across all copies of the net
+   (with ``update_stats``) and puts ``result["learned_reward"]``, beside the env's
+   own ``result["env_runners"]["episode_return_mean"]``.
+3. ``algo_class`` becomes the algorithm class plus
+   :class:`~ray_rewards.rllib.algorithm.LearnedRewardAlgorithm`, whose checkpoints
+   carry ``reward_net.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.utils.metrics import AGGREGATOR_ACTOR_RESULTS, ALL_MODULES, LEARNER_RESULTS
+
+from ray_rewards import networks, serialize
+from ray_rewards.reward_nets import RewardNet
+from ray_rewards.rllib.algorithm import learned_reward_algorithm_class
+from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, Mode, RelabelRewards
+from ray_rewards.rllib.reward_state import state_of
+
+RewardSource = RewardNet | str | os.PathLike
+
+
+def with_learned_reward(
+    config: AlgorithmConfig,
+    reward: RewardSource,
+    *,
+    mode: Mode = "replace",
+    coef: float = 1.0,
+    update_stats: bool = False,
+    env_actions: bool = True,
+    predict_kwargs: Mapping[str, Any] | None = None,
+) -> AlgorithmConfig:
+    """A copy of ``config`` whose algorithm trains on ``reward`` instead of the env reward.
+
+    Works with any new-API-stack algorithm whose learners build their train batch
+    from episodes (PPO, APPO, IMPALA, SAC, DQN, ...). The env runners are not
+    touched: ``result["env_runners"]`` still reports returns under the env's own
+    reward, and ``result["learned_reward"]`` the net's reward on the transitions the
+    learners trained on (``mean``/``min``/``max``, ``env_reward_mean``,
+    ``num_transitions``; with ``update_stats`` also ``norm``: the merged statistics).
+
+    Args:
+        config: the algorithm config; it is not modified. Set its learner_connector
+            (if any) before this call: it is kept, after the relabeling.
+        reward: a :class:`~ray_rewards.reward_nets.RewardNet`, or the path/URI of one
+            saved by :func:`ray_rewards.serialize.save`.
+        mode: ``"replace"`` (reward = ``coef * r_net``) or ``"add"`` (``r_env + coef *
+            r_net``).
+        coef: scale of the net's reward.
+        update_stats: keep updating the normalization statistics of a
+            NormalizedRewardNet with every relabeled transition, merged across all
+            learners every iteration. Default False: statistics fitted during reward
+            training stay frozen, as with ``load_reward``. Every relabeled transition
+            counts, so with a replay buffer a transition counts each time it is sampled.
+        env_actions: give the net the actions the env received (RLlib's
+            ``normalize_actions``/``clip_actions`` applied to the RLModule's actions),
+            as imitation's reward wrappers do; False gives it the RLModule's raw
+            actions.
+        predict_kwargs: extra keyword arguments of ``predict_processed``.
+
+    Returns:
+        The new config; build it with ``build_algo()`` (or pass ``config.algo_class``
+        to Tune) to get checkpoints that carry the reward net.
+
+    Raises:
+        TypeError: ``config`` is not an AlgorithmConfig, or ``reward`` is not a
+            RewardNet or path.
+        ValueError: old API stack, an off-policy config with ``n_step != 1``, a config
+            that already has a learned reward, bad ``mode``/``coef``, or
+            ``update_stats`` with a net whose statistics cannot be merged.
+    """
+    if not isinstance(config, AlgorithmConfig):
+        raise TypeError(f"with_learned_reward: expected an AlgorithmConfig, got {type(config)}")
+    if not (config.enable_rl_module_and_learner and config.enable_env_runner_and_connector_v2):
+        raise ValueError(
+            "with_learned_reward: needs RLlib's new API stack (RLModule/Learner/ConnectorV2); "
+            "this config has it disabled"
+        )
+    n_step = getattr(config, "n_step", 1)
+    if n_step != 1:
+        raise ValueError(
+            f"with_learned_reward: n_step={n_step!r}, but learners relabel replayed "
+            "transitions one at a time; an n-step sample's reward is a discounted sum over "
+            "transitions the net never sees. Set config.training(n_step=1)."
+        )
+    previous = config._learner_connector
+    if isinstance(previous, LearnedRewardConnector):
+        raise ValueError("with_learned_reward: this config already trains on a learned reward")
+    net = _load(reward)
+    if update_stats:
+        _check_mergeable(net)
+    options = {
+        "mode": mode,
+        "coef": coef,
+        "update_stats": update_stats,
+        "normalize_actions": bool(env_actions and config.normalize_actions),
+        "clip_actions": bool(env_actions and config.clip_actions),
+        "predict_kwargs": dict(predict_kwargs or {}),
+    }
+    # Validate the options here, on the driver, rather than on each learner.
+    RelabelRewards(net, **options)
+    new = config.copy(copy_frozen=False)
+    new.learners(learner_connector=LearnedRewardConnector(net, options, env_actions, previous))
+    on_train_result = _as_list(new.callbacks_on_train_result)
+    new.callbacks(on_train_result=[*on_train_result, LearnedRewardResults()])
+    new.algo_class = learned_reward_algorithm_class(new.algo_class)
+    return new
+
+
+class LearnedRewardConnector:
+    """The ``learner_connector`` callable: builds ``[RelabelRewards, *previous pieces]``.
+
+    Holds the net as the bytes of its ray_rewards save file (plain data, checked for
+    safe loading when created) plus the net's module classes, which each learner
+    registers with the safe-loading allowlist before loading its copy.
+    """
+
+    def __init__(
+        self,
+        net: RewardNet,
+        options: Mapping[str, Any],
+        env_actions: bool = True,
+        previous: Any = None,
+    ):
+        self.net_bytes = _to_bytes(net)
+        self.net_chain = serialize.format_chain(net)
+        self.net_classes = tuple({type(m) for m in net.modules()})
+        self.options = dict(options)
+        self.env_actions = env_actions
+        self.previous = previous
+
+    def load_net(self) -> RewardNet:
+        """A fresh CPU copy of the net."""
+        for cls in self.net_classes:
+            serialize.register_safe_class(cls)
+        return _from_bytes(self.net_bytes)
+
+    def __call__(self, input_observation_space: Any, input_action_space: Any) -> list[ConnectorV2]:
+        """The pieces to put at the front of a learner pipeline."""
+        pieces: list[ConnectorV2] = [RelabelRewards(self.load_net(), **self.options)]
+        if self.previous is not None:
+            more = self.previous(input_observation_space, input_action_space)
+            pieces.extend(more if isinstance(more, (list, tuple)) else [more])
+        return pieces
+
+    def __repr__(self) -> str:
+        return (
+            f"LearnedRewardConnector({self.net_chain}, {self.options}, previous={self.previous!r})"
+        )
+
+
+class LearnedRewardResults:
+    """``on_train_result`` callback: merge statistics, report ``result["learned_reward"]``."""
+
+    def __call__(self, *, algorithm: Any, result: dict, **kwargs: Any) -> None:
+        """Sync the copies of the net and add the learned-reward metrics to ``result``."""
+        merged = state_of(algorithm).sync(algorithm)
+        # Learners log what they relabeled; with IMPALA/APPO aggregator actors, those do.
+        learned = {}
+        for key in (LEARNER_RESULTS, AGGREGATOR_ACTOR_RESULTS):
+            learned = result.get(key, {}).get(ALL_MODULES, {}).get(LEARNED_REWARD, {})
+            if learned:
+                break
+        learned = dict(learned)
+        if merged is not None:
+            learned["norm"] = {
+                name: {"count": m.count, "mean": m.mean.tolist(), "std": m.std.tolist()}
+                for name, m in merged.items()
+            }
+        result[LEARNED_REWARD] = learned
+
+
+def _load(reward: RewardSource) -> RewardNet:
+    if isinstance(reward, RewardNet):
+        return reward
+    if isinstance(reward, (str, os.PathLike)):
+        return serialize.load(reward, device="cpu")
+    raise TypeError(
+        "with_learned_reward: reward must be a RewardNet or the path of one saved with "
+        f"ray_rewards.serialize.save, got {type(reward).__name__}"
+    )
+
+
+def _check_mergeable(net: RewardNet) -> None:
+    """ValueError unless every normalization layer's statistics can be merged."""
+    for name, module in net.named_modules():
+        if isinstance(module, networks.BaseNorm) and not isinstance(module, networks.RunningNorm):
+            raise ValueError(
+                f"with_learned_reward: update_stats=True, but layer {name!r} is a "
+                f"{type(module).__name__}, whose statistics cannot be merged across "
+                "learners; use RunningNorm"
+            )
+
+
+def _to_bytes(net: RewardNet) -> bytes:
+    """The bytes of ``serialize.save(net)`` (which refuses nets that would not load safely)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "reward_net.pt")
+        serialize.save(net, path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _from_bytes(data: bytes) -> RewardNet:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "reward_net.pt")
+        with open(path, "wb") as f:
+            f.write(data)
+        return serialize.load(path, device="cpu")
+
+
+def _as_list(callbacks: Any) -> list[Any]:
+    if callbacks is None:
+        return []
+    return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+
+
+__all__ = ["LearnedRewardConnector", "LearnedRewardResults", "with_learned_reward"]

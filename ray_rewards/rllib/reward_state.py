@@ -1,0 +1,177 @@
+"""The driver's copy of the reward net, and keeping every learner's copy in step with it.
+
+Every Learner (and every IMPALA/APPO aggregator actor) builds its own learner
+pipeline, hence its own :class:`RelabelRewards` with its own copy of the net. The
+algorithm's driver process keeps the reference copy here: with ``update_stats``
+it merges the normalization statistics of all copies after every training
+iteration and hands the merged result back to each, so that every copy, and the
+net saved with a checkpoint, holds what one RunningNorm would after seeing every
+relabeled transition. Checkpoints save that copy as ``<checkpoint>/reward_net.pt``
+(:data:`REWARD_NET_FILE`) and restoring one pushes it to every copy.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
+from ray.rllib.env import INPUT_ENV_SINGLE_SPACES
+
+from ray_rewards import networks, serialize
+from ray_rewards.reward_nets import RewardNet
+from ray_rewards.rllib.relabel_connector import (
+    RelabelRewards,
+    find_relabel_pieces,
+    numpy_state_dict,
+)
+from ray_rewards.stats import Moments
+
+if TYPE_CHECKING:
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    from ray_rewards.rllib.config import LearnedRewardConnector
+
+REWARD_NET_FILE = "reward_net.pt"
+_STATE_ATTR = "_ray_rewards_learned_reward"
+
+
+class LearnedRewardState:
+    """The reference copy of the net for one algorithm, and the options it runs with."""
+
+    def __init__(self, connector: LearnedRewardConnector):
+        self.connector = connector
+        self.net: RewardNet = connector.load_net()
+        self.update_stats: bool = bool(connector.options.get("update_stats", False))
+
+    def check(self, algorithm: Algorithm) -> None:
+        """ValueError unless the net fits the algorithm: the env's (single) spaces, and
+        action handling still as it was when ``with_learned_reward`` read the config.
+        """
+        config = algorithm.config
+        if self.connector.env_actions and (
+            self.connector.options["normalize_actions"] != bool(config.normalize_actions)
+            or self.connector.options["clip_actions"] != bool(config.clip_actions)
+        ):
+            raise ValueError(
+                "with_learned_reward: normalize_actions/clip_actions changed after "
+                "with_learned_reward read them (it gives the net the actions the env gets); "
+                "set env_runners(normalize_actions=..., clip_actions=...) before calling it"
+            )
+        spaces = getattr(algorithm, "spaces", None) or {}
+        if INPUT_ENV_SINGLE_SPACES not in spaces:
+            return
+        for what, net_space, env_space in zip(
+            ("observation", "action"),
+            (self.net.observation_space, self.net.action_space),
+            spaces[INPUT_ENV_SINGLE_SPACES],
+        ):
+            if net_space != env_space:
+                raise ValueError(
+                    f"with_learned_reward: the reward net's {what} space {net_space} does not "
+                    f"match the environment's {env_space}"
+                )
+
+    def sync(self, algorithm: Algorithm) -> dict[str, Moments] | None:
+        """Merge the statistics every copy added since the last sync; give all the result.
+
+        Returns the merged moments per layer, or None when statistics are frozen.
+        """
+        if not self.update_stats:
+            return None
+        reports = _foreach_piece(algorithm, lambda piece: piece.norm_report())
+        merged = {
+            name: Moments.merge_all([base, *(r[name] for r in reports)])
+            for name, base in networks.norm_moments(self.net).items()
+        }
+        networks.set_norm_moments(self.net, merged)
+        _foreach_piece(algorithm, lambda piece: piece.absorb_norm_moments(merged))
+        return merged
+
+    def push(self, algorithm: Algorithm) -> None:
+        """Load this copy's parameters and statistics into every copy."""
+        state = numpy_state_dict(self.net)
+        _foreach_piece(algorithm, lambda piece: piece.set_state({"reward_net": state}))
+
+    def learner_moments(self, algorithm: Algorithm) -> list[dict[str, Moments]]:
+        """Each copy's current normalization moments (to check they agree)."""
+        return _foreach_piece(algorithm, lambda piece: networks.norm_moments(piece.reward_net))
+
+    def save(self, path: str, filesystem: pafs.FileSystem | None = None) -> str:
+        """Write the net (merged statistics included) as ``<path>/reward_net.pt``."""
+        target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
+        serialize.save(self.net, target, filesystem=filesystem)
+        return target
+
+    def restore(
+        self, algorithm: Algorithm, path: str, filesystem: pafs.FileSystem | None = None
+    ) -> bool:
+        """Load ``<path>/reward_net.pt`` (if there is one) here and into every copy."""
+        target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
+        try:
+            net = serialize.load(target, device="cpu", filesystem=filesystem)
+        except FileNotFoundError:
+            return False
+        if type(net) is not type(self.net):
+            raise TypeError(
+                f"{target}: holds a {serialize.format_chain(net)}, but the algorithm relabels "
+                f"with a {serialize.format_chain(self.net)}"
+            )
+        self.net = net
+        self.push(algorithm)
+        return True
+
+
+def state_of(algorithm: Algorithm) -> LearnedRewardState:
+    """The algorithm's LearnedRewardState, created on first use from its config."""
+    state = getattr(algorithm, _STATE_ATTR, None)
+    if state is None:
+        from ray_rewards.rllib.config import LearnedRewardConnector
+
+        connector = getattr(algorithm.config, "_learner_connector", None)
+        if not isinstance(connector, LearnedRewardConnector):
+            raise ValueError(
+                "this algorithm's config has no learned reward: its learner_connector is "
+                f"{connector!r}. Build it from ray_rewards.rllib.with_learned_reward(config, "
+                "...), and set no learner_connector on the config afterwards (pass yours "
+                "before calling with_learned_reward; it is kept)."
+            )
+        state = LearnedRewardState(connector)
+        setattr(algorithm, _STATE_ATTR, state)
+    return state
+
+
+def _foreach_piece(algorithm: Algorithm, fn: Callable[[RelabelRewards], Any]) -> list[Any]:
+    """``fn(piece)`` for every RelabelRewards of every Learner and aggregator actor."""
+
+    def on_learner(learner: Any) -> list[Any]:
+        return [fn(p) for p in find_relabel_pieces(getattr(learner, "_learner_connector", None))]
+
+    results = []
+    for result in algorithm.learner_group.foreach_learner(on_learner):
+        if not result.ok:
+            raise result.get()
+        results.extend(result.get())
+    aggregators = getattr(algorithm, "_aggregator_actor_manager", None)
+    if aggregators is not None:
+        for result in aggregators.foreach_actor(on_learner):
+            if not result.ok:
+                raise result.get()
+            results.extend(result.get())
+    return results
+
+
+def resolve_path(
+    path: str | os.PathLike | None, filesystem: pafs.FileSystem | None
+) -> tuple[str | None, pafs.FileSystem | None]:
+    """``(path within filesystem, filesystem)`` for a local path or URI (None stays None)."""
+    if path is None:
+        return None, filesystem
+    if isinstance(path, pathlib.Path):
+        path = path.as_posix()
+    path = os.fspath(path)
+    if filesystem is None and "://" in path:
+        filesystem, path = pafs.FileSystem.from_uri(path)
+    return path, filesystem

@@ -1,0 +1,482 @@
+"""Reward training as a Ray Train job: one ``TorchTrainer`` for every loss.
+
+:func:`train` reads Parquet data through Ray Data, runs the training loop below on
+``num_workers`` workers with DDP, reports metrics every epoch, checkpoints the net in
+ray_rewards' format (``reward_net.pt``, loadable with ``load_reward``) and resumes
+from the latest checkpoint when a worker dies (``FailureConfig(max_failures)``).
+
+The result does not depend on the number of workers. Every worker holds the whole
+data set; each epoch all of them draw the same permutation, cut it into the same
+global batches of ``batch_size`` rows and each takes its own contiguous share of
+every batch. A worker scales its mean loss by ``its rows * workers / batch rows``,
+so DDP's gradient average is exactly the gradient of the global batch's mean loss:
+2 workers take the same optimizer steps as 1 (up to float round-off). Holding the
+data on every worker is the price; reward-learning data sets (preference pairs,
+demonstrations) fit in a worker's memory.
+
+Normalization statistics are never per-worker: input ``RunningNorm`` layers learn
+from each worker's share during the epoch and are merged across workers
+(:func:`~ray_rewards.networks.merge_norm_updates`) before every checkpoint (layers
+that cannot merge, EMANorm, are refused with more than one worker); a
+``RunningNorm`` output layer of a ``NormalizedRewardNet`` is fitted, at every
+epoch's end, to the net's rewards on all training transitions (moments merged
+across workers), so the saved net's ``predict_processed`` is standardized from the
+start of RL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+
+from ray_rewards import networks, reward_nets, serialize
+from ray_rewards.stats import Moments
+from ray_rewards.train import losses, schemas
+
+NET_CLASSES = ("BasicRewardNet", "BasicShapedRewardNet", "CNNRewardNet")
+NORM_CLASSES = {"RunningNorm": networks.RunningNorm, "EMANorm": networks.EMANorm}
+OPTIMIZERS = {"adam": th.optim.Adam, "adamw": th.optim.AdamW, "sgd": th.optim.SGD}
+NET_FILE = "reward_net.pt"
+STATE_FILE = "train_state.pt"
+PREDICT_CHUNK = 8192
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """What to train, on what, and how (also the schema of ``ray-rewards train CONFIG``).
+
+    A CONFIG file, e.g.::
+
+        train_data: data/train_pairs     # Parquet written by schemas.write_parquet
+        eval_data: data/eval_pairs
+        loss: preference
+        env: Pendulum-v1
+        net_kwargs: {hid_sizes: [64, 64]}
+        normalize_output: true
+        epochs: 10
+        batch_size: 64
+        num_workers: 2
+        output: reward_net.pt
+
+    Attributes:
+        train_data: Parquet directory of training rows (``schemas``' columns for the loss).
+        loss: ``"preference"``, ``"airl"``, ``"gail"``, ``"regression"``, or a callable
+            ``(net, batch, **loss_kwargs) -> (loss, metrics)`` like those of ``losses``.
+        output: where the trained net is saved (local path or URI).
+        eval_data: optional held-out Parquet directory; its loss and accuracy are
+            reported every epoch.
+        env: gymnasium id whose spaces the new net takes (resolved on the driver).
+        net: reward-net class of ``ray_rewards.reward_nets`` (one of NET_CLASSES).
+        net_kwargs: its keyword arguments; ``normalize_input_layer`` may name a norm
+            class (``"RunningNorm"``).
+        normalize_output: wrap the net in ``NormalizedRewardNet(RunningNorm)`` fitted to
+            the net's rewards on the training data (what RL should use).
+        init_net: start from this saved net instead of building one (fine-tuning).
+        loss_kwargs: keyword arguments of the loss (e.g. ``discount_factor``).
+        optimizer, lr, weight_decay: torch optimizer (``adam``/``adamw``/``sgd``).
+        epochs: passes over the training data.
+        batch_size: global rows per optimizer step, split across workers.
+        num_workers, use_gpu, cpus_per_worker: the ScalingConfig.
+        seed: initialization and data order.
+        storage_path, name: Ray Train's RunConfig (checkpoints and run state).
+        max_failures: worker failures to recover from, from the latest checkpoint.
+        verbose: log one progress line per epoch (from the rank-0 worker).
+    """
+
+    train_data: str
+    loss: str | losses.LossFn = "preference"
+    output: str = "reward_net.pt"
+    eval_data: str | None = None
+    env: str | None = None
+    net: str = "BasicRewardNet"
+    net_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize_output: bool = False
+    init_net: str | None = None
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 10
+    batch_size: int = 64
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    storage_path: str | None = None
+    name: str | None = None
+    max_failures: int = 0
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, str) and self.loss not in losses.LOSSES:
+            raise ValueError(f"loss: expected one of {sorted(losses.LOSSES)}, got {self.loss!r}")
+        if not (isinstance(self.loss, str) or callable(self.loss)):
+            raise TypeError(f"loss: expected a name or a callable, got {type(self.loss).__name__}")
+        if self.net not in NET_CLASSES:
+            raise ValueError(f"net: expected one of {NET_CLASSES}, got {self.net!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        for name in ("epochs", "batch_size", "num_workers"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.batch_size < self.num_workers:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be >= num_workers ({self.num_workers}): "
+                "every worker takes a share of every batch"
+            )
+        if self.env is None and self.init_net is None:
+            raise ValueError("give env (a gymnasium id for the net's spaces) or init_net")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a YAML (or JSON) mapping of these fields; unknown keys are an error."""
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{path}: expected a mapping of config fields, got {type(data).__name__}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the saved net, per-epoch metrics, the last checkpoint."""
+
+    net_path: str
+    history: list[dict[str, float]]
+    checkpoint_path: str
+
+
+def env_spaces(env_id: str) -> tuple[spaces.Space, spaces.Space]:
+    """Observation and action spaces of a gymnasium env id."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def build_net(
+    cfg: TrainConfig, observation_space: spaces.Space, action_space: spaces.Space
+) -> reward_nets.RewardNet:
+    """The config's initial net: ``init_net`` loaded, or ``net(**net_kwargs)`` seeded."""
+    if cfg.init_net is not None:
+        return serialize.load(cfg.init_net, device="cpu")
+    kwargs = dict(cfg.net_kwargs)
+    norm = kwargs.get("normalize_input_layer")
+    if isinstance(norm, str):
+        if norm not in NORM_CLASSES:
+            raise ValueError(
+                f"net_kwargs.normalize_input_layer: expected one of {sorted(NORM_CLASSES)}, "
+                f"got {norm!r}"
+            )
+        kwargs["normalize_input_layer"] = NORM_CLASSES[norm]
+    th.manual_seed(cfg.seed)
+    net = getattr(reward_nets, cfg.net)(observation_space, action_space, **kwargs)
+    if cfg.normalize_output:
+        net = reward_nets.NormalizedRewardNet(net, networks.RunningNorm)
+    return net
+
+
+# ------------------------------------------------------------------------------------
+# The training loop, run by every Ray Train worker
+# ------------------------------------------------------------------------------------
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    import ray.data
+    import ray.train
+    import ray.train.torch
+
+    cfg: TrainConfig = loop_config["config"]
+    # This process is ours: keep Ray Data's per-dataset progress lines out of the output.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logger.setLevel(logging.INFO if cfg.verbose else logging.WARNING)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    loss_fn = losses.LOSSES[cfg.loss] if isinstance(cfg.loss, str) else cfg.loss
+    data = schemas.collect_numpy(ray.train.get_dataset_shard("train"))
+    eval_data = (
+        schemas.collect_numpy(ray.train.get_dataset_shard("eval")) if cfg.eval_data else None
+    )
+
+    net = build_net(cfg, *loop_config["spaces"])
+    start_epoch, history, opt_state = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            net = serialize.load(os.path.join(d, NET_FILE), device="cpu")
+            state = th.load(os.path.join(d, STATE_FILE), weights_only=True)
+        start_epoch, history, opt_state = state["epoch"] + 1, state["history"], state["optimizer"]
+    # Each worker keeps its own input statistics during an epoch (no buffer broadcast);
+    # they are merged at the epoch's end.
+    model = ray.train.torch.prepare_model(
+        net, parallel_strategy_kwargs={"forward_sync_buffers": False}
+    )
+    opt = OPTIMIZERS[cfg.optimizer](net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+
+    num_rows = len(next(iter(data.values())))
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        base_moments = networks.norm_moments(net)
+        sums = _MetricSums()
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(num_rows)
+        with networks.training(net):
+            for begin in range(0, num_rows, cfg.batch_size):
+                rows = order[begin : begin + cfg.batch_size]
+                if len(rows) < world:
+                    break  # too few rows to give every worker a share
+                mine = np.array_split(rows, world)[rank]
+                loss, metrics = loss_fn(model, _take(data, mine), **cfg.loss_kwargs)
+                opt.zero_grad()
+                (loss * (len(mine) * world / len(rows))).backward()
+                opt.step()
+                sums.add(metrics, len(mine))
+        _merge_input_norms(net, base_moments, world)
+        if isinstance(net, reward_nets.NormalizedRewardNet) and isinstance(
+            net.normalize_output_layer, networks.RunningNorm
+        ):
+            _fit_output_norm(net, data, rank, world)
+        metrics = {"epoch": epoch, "start_epoch": start_epoch}
+        metrics.update({f"train_{k}": v for k, v in sums.means(net).items()})
+        if eval_data is not None:
+            evaluated = _evaluate(net, eval_data, loss_fn, cfg, rank, world)
+            metrics.update({f"eval_{k}": v for k, v in evaluated.items()})
+        metrics["time_s"] = time.perf_counter() - t0
+        history.append(metrics)
+        if rank == 0:
+            shown = " ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("train", "eval"))
+            )
+            logger.info("[reward training] epoch %d/%d %s", epoch + 1, cfg.epochs, shown)
+        _report(net, opt, epoch, history, metrics, rank)
+
+
+def _take(data: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: col[rows] for name, col in data.items()}
+
+
+class _MetricSums:
+    """Row-weighted sums of per-example metric means, summed over workers on request."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.rows = 0
+
+    def add(self, metrics: Mapping[str, th.Tensor], rows: int) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * rows
+        self.rows += rows
+
+    def means(self, net: th.nn.Module) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = _all_reduce_sum([*(self.sums[k] for k in names), self.rows], net)
+        return {k: totals[i] / max(totals[-1], 1) for i, k in enumerate(names)}
+
+
+def _all_reduce_sum(values: list[float], net: th.nn.Module) -> list[float]:
+    if not (th.distributed.is_available() and th.distributed.is_initialized()):
+        return list(values)
+    device = next(net.parameters()).device
+    t = th.tensor(values, dtype=th.float64, device=device)
+    th.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    if not (th.distributed.is_available() and th.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * th.distributed.get_world_size()
+    th.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _merge_input_norms(net: th.nn.Module, base: dict[str, Moments], world: int) -> None:
+    """Merge what every worker's RunningNorm layers learned this epoch (from ``base``)."""
+    if world > 1 and base:
+        merged = networks.merge_norm_updates(base, _all_gather(networks.norm_moments(net)))
+        networks.set_norm_moments(net, merged)
+
+
+def check_mergeable(net: th.nn.Module, num_workers: int) -> None:
+    """ValueError when ``num_workers`` > 1 and a norm layer's statistics cannot be merged."""
+    if num_workers == 1:
+        return
+    for name, m in net.named_modules():
+        if isinstance(m, networks.BaseNorm) and not isinstance(m, networks.RunningNorm):
+            raise ValueError(
+                f"layer {name!r} is a {type(m).__name__}, whose statistics cannot be merged "
+                f"across {num_workers} workers; use RunningNorm or num_workers=1"
+            )
+
+
+def _fit_output_norm(
+    net: reward_nets.NormalizedRewardNet, data: Mapping[str, np.ndarray], rank: int, world: int
+) -> None:
+    """Set the output statistics to the moments of the net's rewards on the training
+    transitions (this worker's share in chunks of PREDICT_CHUNK, merged over workers).
+    """
+    cols = _transition_columns(data)
+    share = np.array_split(np.arange(len(cols[0])), world)[rank]
+    mine = Moments.empty((1,))
+    for begin in range(0, len(share), PREDICT_CHUNK):
+        rows = share[begin : begin + PREDICT_CHUNK]
+        mine = mine.merge(Moments.of(net.base.predict(*(c[rows] for c in cols)).reshape(-1, 1)))
+    merged = Moments.merge_all(_all_gather(mine))
+    if merged.count:
+        net.normalize_output_layer.set_moments(merged)
+
+
+def _transition_columns(data: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """``(obs, actions, new_obs, terminateds)`` of a transitions or preference table."""
+    if all(c in data for c in schemas.TRANSITION_COLUMNS):
+        return [data[c] for c in schemas.TRANSITION_COLUMNS]
+    out = []
+    for c in schemas.FRAGMENT_COLUMNS:
+        both = np.concatenate([data[f"{c}_1"], data[f"{c}_2"]])
+        out.append(both.reshape(-1, *both.shape[2:]))
+    return out
+
+
+def _evaluate(
+    net: th.nn.Module,
+    data: Mapping[str, np.ndarray],
+    loss_fn: Any,
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+) -> dict[str, float]:
+    """Loss metrics on held-out rows: each worker its share, summed over workers."""
+    share = np.array_split(np.arange(len(next(iter(data.values())))), world)[rank]
+    sums = _MetricSums()
+    with networks.evaluating(net), th.no_grad():
+        for begin in range(0, len(share), cfg.batch_size):
+            rows = share[begin : begin + cfg.batch_size]
+            _, metrics = loss_fn(net, _take(data, rows), **cfg.loss_kwargs)
+            sums.add(metrics, len(rows))
+    return sums.means(net)
+
+
+def _report(
+    net: reward_nets.RewardNet,
+    opt: th.optim.Optimizer,
+    epoch: int,
+    history: list[dict[str, float]],
+    metrics: dict[str, float],
+    rank: int,
+) -> None:
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        serialize.save(net, os.path.join(d, NET_FILE))
+        th.save(
+            {"epoch": epoch, "history": history, "optimizer": opt.state_dict()},
+            os.path.join(d, STATE_FILE),
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_dir_name=f"epoch_{epoch:05d}",
+        )
+
+
+# ------------------------------------------------------------------------------------
+# The driver side
+# ------------------------------------------------------------------------------------
+
+
+def build_trainer(cfg: TrainConfig) -> Any:
+    """A ``ray.train.torch.TorchTrainer`` that runs ``cfg`` (call ``.fit()``)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = dataclasses.replace(
+        cfg,
+        train_data=os.path.abspath(cfg.train_data),
+        eval_data=cfg.eval_data and os.path.abspath(cfg.eval_data),
+        init_net=cfg.init_net and _abspath_or_uri(cfg.init_net),
+        storage_path=cfg.storage_path and _abspath_or_uri(cfg.storage_path),
+    )
+    columns = losses.LOSS_COLUMNS.get(cfg.loss, ()) if isinstance(cfg.loss, str) else ()
+    datasets = {"train": schemas.read_parquet(cfg.train_data, columns)}
+    if cfg.eval_data:
+        datasets["eval"] = schemas.read_parquet(cfg.eval_data, columns)
+    if cfg.init_net is not None:
+        net = serialize.load(cfg.init_net, device="cpu")
+        obs_space, act_space = net.observation_space, net.action_space
+    else:
+        obs_space, act_space = env_spaces(cfg.env)
+        net = build_net(cfg, obs_space, act_space)
+    check_mergeable(net, cfg.num_workers)
+    return TorchTrainer(
+        _train_loop,
+        train_loop_config={"config": cfg, "spaces": (obs_space, act_space)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=cfg.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's own INFO lines (one per report) would drown the progress lines.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+        # Every worker gets all rows; _train_loop shares out each batch (see module doc).
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+
+
+def _abspath_or_uri(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run the job to completion, save the final net to ``cfg.output``, return the history.
+
+    Raises ``ray.train.TrainingFailedError`` when the run fails beyond ``max_failures``.
+    """
+    result = build_trainer(cfg).fit()
+    if result.checkpoint is None:
+        raise RuntimeError("reward training finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        net = serialize.load(os.path.join(d, NET_FILE), device="cpu")
+        history = th.load(os.path.join(d, STATE_FILE), weights_only=True)["history"]
+    output = _abspath_or_uri(cfg.output)
+    serialize.save(net, output)
+    return TrainResult(net_path=output, history=history, checkpoint_path=result.checkpoint.path)

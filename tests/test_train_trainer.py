@@ -1,0 +1,209 @@
+"""Reward training as Ray Train jobs: worker-count invariance, resume after a crash,
+merged normalization statistics, the saved net, and the ``train`` command."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import ray.train
+import torch as th
+import yaml
+from click.testing import CliRunner
+
+from ray_rewards import networks, serialize
+from ray_rewards.cli import main as cli
+from ray_rewards.stats import Moments
+from ray_rewards.train import losses, oracle, schemas, trainer
+
+ENV = "Pendulum-v1"  # only its spaces: obs Box(3,), action Box(1,)
+PAIRS, LENGTH, EPOCHS, BATCH = 96, 4, 3, 16
+
+
+def _transitions(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    obs = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+    act = rng.uniform(-2, 2, (n, 1)).astype(np.float32)
+    return {
+        "obs": obs,
+        "actions": act,
+        "new_obs": np.roll(obs, -1, axis=0),
+        "terminateds": np.zeros(n, bool),
+        "rewards": obs[:, 0] - obs[:, 2] ** 2 - 0.1 * act[:, 0] ** 2,
+    }
+
+
+@pytest.fixture(scope="module")
+def data(ray_session, tmp_path_factory) -> dict[str, str]:
+    from ray_rewards.train.trainer import env_spaces
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("train_data")
+    schema = schemas.preference_schema(*env_spaces(ENV), LENGTH)
+    paths = {}
+    for name, n in (("train", PAIRS), ("eval", 32)):
+        cols = _transitions(n * 2 * LENGTH, rng)
+        pairs = oracle.preference_pairs(
+            cols,
+            np.full(2 * n, LENGTH),
+            num_pairs=n,
+            fragment_length=LENGTH,
+            oracle=oracle.PreferenceOracle(),
+            rng=rng,
+        )
+        paths[name] = schemas.write_parquet(pairs, root / name, schema)
+    return paths
+
+
+def _config(data: dict[str, str], tmp_path, **kw) -> trainer.TrainConfig:
+    kw.setdefault("net_kwargs", {"hid_sizes": [16]})
+    return trainer.TrainConfig(
+        train_data=data["train"],
+        eval_data=data["eval"],
+        env=ENV,
+        normalize_output=True,
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        lr=1e-2,
+        output=str(tmp_path / "reward_net.pt"),
+        storage_path=str(tmp_path / "ray_train"),
+        **kw,
+    )
+
+
+def crash_once(marker: str, epoch: int, batches_per_epoch: int):
+    """The preference loss, except that it kills its worker process (os._exit) on the
+    first training batch of epoch ``epoch``, once: a marker file remembers the crash
+    across the restart (restarted workers get fresh copies of the closure). A closure,
+    so that Ray pickles it by value: workers cannot import this test module."""
+    steps = [0]
+
+    def loss(net, batch, **kwargs):
+        if th.is_grad_enabled():  # a training step, not evaluation
+            if steps[0] == epoch * batches_per_epoch and not os.path.exists(marker):
+                # Die once the previous epoch's checkpoint is registered (a report is
+                # processed asynchronously; dying sooner may lose it, and then the run
+                # correctly resumes from an older one).
+                ray.train.get_all_reported_checkpoints()
+                open(marker, "w").close()
+                os._exit(1)
+            steps[0] += 1
+        return losses.preference_loss(net, batch, **kwargs)
+
+    return loss
+
+
+def test_two_workers_crashed_and_resumed_train_the_same_net_as_one(data, tmp_path):
+    # One worker, uninterrupted, through the command line.
+    one = _config(data, tmp_path / "one")
+    config_file = tmp_path / "train.yaml"
+    fields = {
+        k: getattr(one, k)
+        for k in (
+            "train_data",
+            "eval_data",
+            "env",
+            "normalize_output",
+            "epochs",
+            "batch_size",
+            "lr",
+            "output",
+            "storage_path",
+            "net_kwargs",
+        )
+    }
+    config_file.write_text(yaml.safe_dump(fields))
+    out = CliRunner().invoke(cli, ["train", str(config_file)])
+    assert out.exit_code == 0, out.output
+    assert f"saved {one.output} after {EPOCHS} epochs" in out.output
+
+    # Two workers; one of them is killed in epoch 1 and the group resumes from the
+    # checkpoint of epoch 0.
+    marker = str(tmp_path / "crashed")
+    two = _config(
+        data,
+        tmp_path / "two",
+        num_workers=2,
+        max_failures=1,
+        loss=crash_once(marker, epoch=1, batches_per_epoch=PAIRS // BATCH),
+    )
+    result = trainer.train(two)
+    assert os.path.exists(marker), "the worker never crashed"
+    assert [h["epoch"] for h in result.history] == list(range(EPOCHS))
+    assert [h["start_epoch"] for h in result.history] == [0, 1, 1]  # resumed, not restarted
+
+    net_one, net_two = serialize.load(one.output), serialize.load(two.output)
+    state_one, state_two = net_one.state_dict(), net_two.state_dict()
+    assert state_one.keys() == state_two.keys()
+    # The last bias gets no gradient from a Bradley-Terry loss (it cancels in R_1 - R_2),
+    # only float round-off, which Adam scales up to lr-sized steps; every other
+    # parameter takes the same steps.
+    # The output statistics' mean moves with it (checked below through the rewards).
+    free = {"_base.mlp.dense_final.bias", "normalize_output_layer.running_mean"}
+    for key in state_one.keys() - free:
+        th.testing.assert_close(state_two[key], state_one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # The output statistics: merged from both workers' shares, as one worker's.
+    m_one, m_two = (
+        net_one.normalize_output_layer.moments(),
+        net_two.normalize_output_layer.moments(),
+    )
+    assert m_one.count == m_two.count == 2 * PAIRS * LENGTH
+    np.testing.assert_allclose(m_two.var, m_one.var, rtol=1e-4)
+    # So the rewards RL sees (normalized; the free bias drops out) are the same.
+    t = _transitions(64, np.random.default_rng(1))
+    args = (t["obs"], t["actions"], t["new_obs"], t["terminateds"])
+    np.testing.assert_allclose(
+        net_two.predict_processed(*args, update_stats=False),
+        net_one.predict_processed(*args, update_stats=False),
+        atol=1e-4,
+    )
+
+
+def test_input_statistics_are_merged_across_workers_and_the_net_loads(data, tmp_path):
+    cfg = _config(
+        data,
+        tmp_path,
+        num_workers=2,
+        net_kwargs={"hid_sizes": [16], "normalize_input_layer": "RunningNorm"},
+    )
+    result = trainer.train(cfg)
+    assert result.history[-1]["eval_accuracy"] > 0.6
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+    # Every epoch, each worker saw half of the rows; merged, the input layer has seen
+    # every row once per epoch: exactly the moments of all training inputs.
+    net = serialize.load(result.net_path)
+    pairs = schemas.collect_numpy(schemas.read_parquet(data["train"]))
+    features = np.concatenate(
+        [
+            np.concatenate([pairs[f"obs_{i}"], pairs[f"actions_{i}"]], -1).reshape(-1, 4)
+            for i in (1, 2)
+        ]
+    )
+    norm = next(m for m in net.modules() if isinstance(m, networks.RunningNorm))
+    assert norm.count == EPOCHS * len(features)
+    expected = Moments.of(features)
+    assert Moments(
+        int(norm.count) // EPOCHS, norm.running_mean.numpy(), norm.running_var.numpy()
+    ).allclose(expected, rtol=1e-6, atol=1e-6)
+
+    # Loads as a normalized reward: standardized on the training transitions.
+    reward_fn = serialize.load_reward("RewardNet_normalized", result.net_path, venv=None)
+    rew = reward_fn(features[:, :3], features[:, 3:], None, None)
+    assert abs(rew.mean()) < 1e-3 and rew.std() == pytest.approx(1.0, rel=1e-2)
+
+
+def test_bad_configs_fail_before_any_job(data, tmp_path):
+    with pytest.raises(ValueError, match="loss: expected one of"):
+        _config(data, tmp_path, loss="triplet")
+    with pytest.raises(ValueError, match="give env"):
+        trainer.TrainConfig(train_data=data["train"])
+    with pytest.raises(ValueError, match=r"missing \['actions', 'is_expert'"):
+        trainer.build_trainer(_config(data, tmp_path, loss="gail"))
+    ema = {"normalize_input_layer": "EMANorm"}
+    with pytest.raises(ValueError, match="EMANorm, whose statistics cannot be merged"):
+        trainer.build_trainer(_config(data, tmp_path, num_workers=2, net_kwargs=ema))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"train_data": data["train"], "env": ENV, "epoch": 3}))
+    out = CliRunner().invoke(cli, ["train", str(bad)])
+    assert out.exit_code == 1 and "unknown config fields ['epoch']" in out.output
