@@ -93,7 +93,9 @@ def ppo_throughput(args: argparse.Namespace, net: NormalizedRewardNet) -> tuple[
                 t0 = time.perf_counter()
                 result = algo.train()
                 steps = result["env_runners"]["num_env_steps_sampled"]
-                best[name] = max(best[name], steps / (time.perf_counter() - t0))
+                rate = steps / (time.perf_counter() - t0)
+                best[name] = max(best[name], rate)
+                print(f"  {name}: {rate:,.0f} env steps/s", flush=True)
         episodes = algos["env reward"].env_runner_group.foreach_env_runner(
             lambda er: er.sample(
                 num_timesteps=args.train_batch_size // max(1, args.num_env_runners)

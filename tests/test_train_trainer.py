@@ -57,9 +57,9 @@ def data(ray_session, tmp_path_factory) -> dict[str, str]:
 
 def _config(data: dict[str, str], tmp_path, **kw) -> trainer.TrainConfig:
     kw.setdefault("net_kwargs", {"hid_sizes": [16]})
+    kw.setdefault("eval_data", data["eval"])
     return trainer.TrainConfig(
         train_data=data["train"],
-        eval_data=data["eval"],
         env=ENV,
         normalize_output=True,
         epochs=EPOCHS,
@@ -165,10 +165,11 @@ def test_input_statistics_are_merged_across_workers_and_the_net_loads(data, tmp_
         tmp_path,
         num_workers=2,
         net_kwargs={"hid_sizes": [16], "normalize_input_layer": "RunningNorm"},
+        eval_data=None,
     )
     result = trainer.train(cfg)
-    assert result.history[-1]["eval_accuracy"] > 0.6
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert "eval_loss" not in result.history[-1]
 
     # Every epoch, each worker saw half of the rows; merged, the input layer has seen
     # every row once per epoch: exactly the moments of all training inputs.

@@ -29,12 +29,14 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.utils.metrics import AGGREGATOR_ACTOR_RESULTS, ALL_MODULES, LEARNER_RESULTS
 
 from ray_rewards import networks, serialize
+from ray_rewards.actors import RewardActor, RewardActorPool
 from ray_rewards.reward_nets import RewardNet
 from ray_rewards.rllib.algorithm import learned_reward_algorithm_class
+from ray_rewards.rllib.env_runner_relabel import RelabelOnEnvRunner
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, Mode, RelabelRewards
 from ray_rewards.rllib.reward_state import state_of
 
-RewardSource = RewardNet | str | os.PathLike
+RewardSource = RewardNet | str | os.PathLike | RewardActor | RewardActorPool
 
 
 def with_learned_reward(
@@ -55,6 +57,11 @@ def with_learned_reward(
     reward, and ``result["learned_reward"]`` the net's reward on the transitions the
     learners trained on (``mean``/``min``/``max``, ``env_reward_mean``,
     ``num_transitions``; with ``update_stats`` also ``norm``: the merged statistics).
+
+    Env-runner mode: pass a :class:`~ray_rewards.actors.RewardActor` (or
+    ``RewardActorPool``) as ``reward`` and the env runners relabel each sample
+    through it (one request per ``sample()``), so the learners receive relabeled
+    episodes; see :mod:`ray_rewards.rllib.env_runner_relabel`.
 
     Args:
         config: the algorithm config; it is not modified. Set its learner_connector
@@ -93,6 +100,16 @@ def with_learned_reward(
             "with_learned_reward: needs RLlib's new API stack (RLModule/Learner/ConnectorV2); "
             "this config has it disabled"
         )
+    if isinstance(reward, (RewardActor, RewardActorPool)):
+        return _relabel_on_env_runners(
+            config,
+            reward,
+            mode=mode,
+            coef=coef,
+            update_stats=update_stats,
+            env_actions=env_actions,
+            predict_kwargs=predict_kwargs,
+        )
     n_step = getattr(config, "n_step", 1)
     if n_step != 1:
         raise ValueError(
@@ -121,6 +138,47 @@ def with_learned_reward(
     on_train_result = _as_list(new.callbacks_on_train_result)
     new.callbacks(on_train_result=[*on_train_result, LearnedRewardResults()])
     new.algo_class = learned_reward_algorithm_class(new.algo_class)
+    return new
+
+
+def _relabel_on_env_runners(
+    config: AlgorithmConfig,
+    actor: RewardActor | RewardActorPool,
+    *,
+    mode: Mode,
+    coef: float,
+    update_stats: bool,
+    env_actions: bool,
+    predict_kwargs: Mapping[str, Any] | None,
+) -> AlgorithmConfig:
+    """Env-runner mode: an ``on_sample_end`` callback relabels through ``actor``."""
+    if predict_kwargs:
+        raise ValueError(
+            "with_learned_reward: predict_kwargs are not supported with a reward actor; "
+            "configure the actor's net instead"
+        )
+    env = config.env
+    if not isinstance(env, str):
+        raise ValueError(
+            "with_learned_reward: env-runner mode needs config.environment(env=<registered "
+            f"name>) to know the action space, got {env!r}"
+        )
+    import gymnasium as gym
+
+    probe = gym.make(env, **(config.env_config or {}))
+    action_space = probe.action_space
+    probe.close()
+    callback = RelabelOnEnvRunner(
+        actor,
+        action_space,
+        mode=mode,
+        coef=coef,
+        update_stats=update_stats,
+        normalize_actions=bool(env_actions and config.normalize_actions),
+        clip_actions=bool(env_actions and config.clip_actions),
+    )
+    new = config.copy(copy_frozen=False)
+    new.callbacks(on_sample_end=[*_as_list(new.callbacks_on_sample_end), callback])
     return new
 
 

@@ -163,16 +163,11 @@ class RelabelRewards(ConnectorV2):
         if not chunks:
             return batch
         self._move_to(_module_device(rl_module))
-        state, action, next_state, done = self._transitions(chunks)
+        state, action, next_state, done = episode_transitions(
+            chunks, self._action_struct, self.normalize_actions, self.clip_actions
+        )
         learned = self._predict(state, action, next_state, done)
-        env_rewards = np.concatenate([np.asarray(e.get_rewards(slice(0, n))) for e, n in chunks])
-        new = self.coef * learned.astype(np.float64)
-        if self.mode == "add":
-            new += env_rewards
-        start = 0
-        for episode, n in chunks:
-            _write_rewards(episode, new[start : start + n])
-            start += n
+        env_rewards = write_rewards(chunks, learned, self.mode, self.coef)
         if metrics is not None:
             key = (ALL_MODULES, LEARNED_REWARD)
             metrics.log_value((*key, "mean"), float(learned.mean()), reduce="mean")
@@ -181,36 +176,6 @@ class RelabelRewards(ConnectorV2):
             metrics.log_value((*key, "env_reward_mean"), float(env_rewards.mean()), reduce="mean")
             metrics.log_value((*key, "num_transitions"), len(learned), reduce="sum")
         return batch
-
-    def _transitions(
-        self, chunks: list[tuple[SingleAgentEpisode, int]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Concatenated ``(state, action, next_state, done)`` of all chunks' transitions."""
-        states, actions, next_states = [], [], []
-        done = np.zeros(sum(n for _, n in chunks), dtype=np.float32)
-        end = 0
-        for episode, n in chunks:
-            n_step = episode.extra_model_outputs.get("n_step")
-            if n_step is not None and np.any(np.asarray(n_step.data) != 1):
-                raise ValueError(
-                    "RelabelRewards: got replay-buffer episodes sampled with n_step > 1 "
-                    f"(n_step={np.unique(np.asarray(n_step.data)).tolist()}); their rewards "
-                    "are discounted sums over several transitions, which a reward net cannot "
-                    "relabel. Configure the algorithm with n_step=1."
-                )
-            obs = np.asarray(episode.get_observations(slice(0, n + 1)))
-            states.append(obs[:-1])
-            next_states.append(obs[1:])
-            actions.append(np.asarray(episode.get_actions(slice(0, n))))
-            end += n
-            if episode.is_terminated:
-                done[end - 1] = 1.0
-        action = np.concatenate(actions)
-        if self.normalize_actions:
-            action = unsquash_action(action, self._action_struct)
-        elif self.clip_actions:
-            action = clip_action(action, self._action_struct)
-        return np.concatenate(states), action, np.concatenate(next_states), done
 
     def _predict(
         self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray, done: np.ndarray
@@ -274,6 +239,62 @@ class RelabelRewards(ConnectorV2):
         )
         self._synced_moments = networks.norm_moments(self.reward_net)
         self._reported_moments = self._synced_moments
+
+
+def episode_transitions(
+    chunks: list[tuple[SingleAgentEpisode, int]],
+    action_struct: Any = None,
+    normalize_actions: bool = False,
+    clip_actions: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenated ``(state, action, next_state, done)`` of the first ``n`` steps of
+    each ``(episode, n)`` chunk (see the module docstring for what a transition is).
+
+    With ``normalize_actions`` (or ``clip_actions``) the RLModule's actions are
+    unsquashed to (or clipped into) ``action_struct``, the env's action space.
+    """
+    states, actions, next_states = [], [], []
+    done = np.zeros(sum(n for _, n in chunks), dtype=np.float32)
+    end = 0
+    for episode, n in chunks:
+        n_step = episode.extra_model_outputs.get("n_step")
+        if n_step is not None and np.any(np.asarray(n_step.data) != 1):
+            raise ValueError(
+                "RelabelRewards: got replay-buffer episodes sampled with n_step > 1 "
+                f"(n_step={np.unique(np.asarray(n_step.data)).tolist()}); their rewards "
+                "are discounted sums over several transitions, which a reward net cannot "
+                "relabel. Configure the algorithm with n_step=1."
+            )
+        obs = np.asarray(episode.get_observations(slice(0, n + 1)))
+        states.append(obs[:-1])
+        next_states.append(obs[1:])
+        actions.append(np.asarray(episode.get_actions(slice(0, n))))
+        end += n
+        if episode.is_terminated:
+            done[end - 1] = 1.0
+    action = np.concatenate(actions)
+    if normalize_actions:
+        action = unsquash_action(action, action_struct)
+    elif clip_actions:
+        action = clip_action(action, action_struct)
+    return np.concatenate(states), action, np.concatenate(next_states), done
+
+
+def write_rewards(
+    chunks: list[tuple[SingleAgentEpisode, int]], learned: np.ndarray, mode: Mode, coef: float
+) -> np.ndarray:
+    """Write ``coef * learned`` (``mode="add"``: plus the env reward) into the chunks'
+    first ``n`` rewards, in order; return the env rewards they replaced.
+    """
+    env_rewards = np.concatenate([np.asarray(e.get_rewards(slice(0, n))) for e, n in chunks])
+    new = coef * learned.astype(np.float64)
+    if mode == "add":
+        new += env_rewards
+    start = 0
+    for episode, n in chunks:
+        _write_rewards(episode, new[start : start + n])
+        start += n
+    return env_rewards
 
 
 def find_relabel_pieces(connector: ConnectorV2 | None) -> list[RelabelRewards]:

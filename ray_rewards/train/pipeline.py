@@ -160,7 +160,11 @@ def collect_rollouts(cfg: PipelineConfig) -> tuple[dict[str, np.ndarray], np.nda
     try:
         _train_until(algo, cfg.warmup_timesteps, "rollouts: warm-up PPO")
         policy_eps = algo.env_runner.sample(num_timesteps=cfg.policy_timesteps, explore=True)
-        random_eps = algo.env_runner.sample(num_timesteps=cfg.random_timesteps, random_actions=True)
+        # New episodes: a policy's episode cannot go on with random actions (those
+        # record no action log-probabilities).
+        random_eps = algo.env_runner.sample(
+            num_timesteps=cfg.random_timesteps, random_actions=True, force_reset=True
+        )
         random_return = evaluate(algo, cfg.eval_episodes, random_actions=True)
         _log(
             f"rollouts: {cfg.policy_timesteps} steps of the warm-up policy, "

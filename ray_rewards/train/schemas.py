@@ -171,7 +171,7 @@ def write_parquet(
     *,
     overwrite: bool = False,
 ) -> str:
-    """Write ``data`` (numpy columns or a table) as a Parquet directory through Ray Data.
+    """Write ``data`` (numpy columns or a table) as a local Parquet directory through Ray Data.
 
     The files are written to a temporary directory beside ``path`` and renamed into
     place, so readers never see a half-written data set. Returns the absolute path.
@@ -204,16 +204,19 @@ def write_parquet(
 
 
 def read_parquet(path: str | os.PathLike, columns: Sequence[str] = ()) -> Any:
-    """Open a Parquet data set as a ``ray.data.Dataset``, checking it has ``columns``.
+    """Open a Parquet data set (local path or URI) as a ``ray.data.Dataset``, checking
+    it has ``columns``.
 
-    Raises FileNotFoundError for a missing path and ValueError naming the missing
-    columns (reading the schema only, before any data moves).
+    Raises FileNotFoundError for a missing local path and ValueError naming the
+    missing columns (reading the schema only, before any data moves).
     """
     import ray.data
 
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"read_parquet: no data at {path}")
+    path = os.fspath(path)
+    if "://" not in path:
+        path = os.path.abspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"read_parquet: no data at {path}")
     ds = ray.data.read_parquet(path)
     missing = sorted(set(columns) - set(ds.schema().names))
     if missing:

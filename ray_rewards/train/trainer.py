@@ -131,8 +131,9 @@ class TrainConfig:
                 f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}"
             )
         for name in ("epochs", "batch_size", "num_workers"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if self.batch_size < self.num_workers:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be >= num_workers ({self.num_workers}): "
@@ -421,8 +422,8 @@ def build_trainer(cfg: TrainConfig) -> Any:
 
     cfg = dataclasses.replace(
         cfg,
-        train_data=os.path.abspath(cfg.train_data),
-        eval_data=cfg.eval_data and os.path.abspath(cfg.eval_data),
+        train_data=_abspath_or_uri(cfg.train_data),
+        eval_data=cfg.eval_data and _abspath_or_uri(cfg.eval_data),
         init_net=cfg.init_net and _abspath_or_uri(cfg.init_net),
         storage_path=cfg.storage_path and _abspath_or_uri(cfg.storage_path),
     )
