@@ -201,6 +201,11 @@ def test_bad_configs_fail_before_any_job(data, tmp_path):
         trainer.TrainConfig(train_data=data["train"])
     with pytest.raises(ValueError, match=r"missing \['actions', 'is_expert'"):
         trainer.build_trainer(_config(data, tmp_path, loss="gail"))
+    spaces = trainer.env_spaces(ENV)
+    silu = trainer.build_net(_config(data, tmp_path, net_kwargs={"activation": "SiLU"}), *spaces)
+    assert isinstance(silu.base.mlp.act0, th.nn.SiLU)  # named in YAML, a class in the net
+    with pytest.raises(ValueError, match="torch.nn module name"):
+        trainer.build_net(_config(data, tmp_path, net_kwargs={"activation": "silu"}), *spaces)
     ema = {"normalize_input_layer": "EMANorm"}
     with pytest.raises(ValueError, match="EMANorm, whose statistics cannot be merged"):
         trainer.build_trainer(_config(data, tmp_path, num_workers=2, net_kwargs=ema))

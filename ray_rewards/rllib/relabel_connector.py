@@ -252,32 +252,38 @@ def episode_transitions(
 
     With ``normalize_actions`` (or ``clip_actions``) the RLModule's actions are
     unsquashed to (or clipped into) ``action_struct``, the env's action space.
+    Per chunk this costs a few array slices (replay samples are hundreds of
+    one-step chunks); everything per transition is one numpy call over all chunks.
     """
-    states, actions, next_states = [], [], []
-    done = np.zeros(sum(n for _, n in chunks), dtype=np.float32)
-    end = 0
+    observations, actions, n_steps = [], [], []
+    lengths = np.fromiter((n for _, n in chunks), dtype=np.int64, count=len(chunks))
+    terminated = np.fromiter((e.is_terminated for e, _ in chunks), dtype=bool, count=len(chunks))
     for episode, n in chunks:
+        observations.append(_first(episode.observations, n + 1))
+        actions.append(_first(episode.actions, n))
         n_step = episode.extra_model_outputs.get("n_step")
-        if n_step is not None and np.any(np.asarray(n_step.data) != 1):
-            raise ValueError(
-                "RelabelRewards: got replay-buffer episodes sampled with n_step > 1 "
-                f"(n_step={np.unique(np.asarray(n_step.data)).tolist()}); their rewards "
-                "are discounted sums over several transitions, which a reward net cannot "
-                "relabel. Configure the algorithm with n_step=1."
-            )
-        obs = np.asarray(episode.get_observations(slice(0, n + 1)))
-        states.append(obs[:-1])
-        next_states.append(obs[1:])
-        actions.append(np.asarray(episode.get_actions(slice(0, n))))
-        end += n
-        if episode.is_terminated:
-            done[end - 1] = 1.0
+        if n_step is not None:
+            n_steps.append(np.asarray(n_step.data).reshape(-1))
+    if n_steps and np.any(np.concatenate(n_steps) != 1):
+        raise ValueError(
+            "RelabelRewards: got replay-buffer episodes sampled with n_step > 1 "
+            f"(n_step={np.unique(np.concatenate(n_steps)).tolist()}); their rewards "
+            "are discounted sums over several transitions, which a reward net cannot "
+            "relabel. Configure the algorithm with n_step=1."
+        )
+    obs = np.concatenate(observations)
+    # Chunk i holds rows [offsets[i], offsets[i] + n_i] of obs (n_i + 1 observations).
+    offsets = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    steps = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    state_rows = np.repeat(offsets, lengths) + steps
+    done = np.zeros(len(state_rows), dtype=np.float32)
+    done[(np.cumsum(lengths) - 1)[terminated]] = 1.0
     action = np.concatenate(actions)
     if normalize_actions:
         action = unsquash_action(action, action_struct)
     elif clip_actions:
         action = clip_action(action, action_struct)
-    return np.concatenate(states), action, np.concatenate(next_states), done
+    return obs[state_rows], action, obs[state_rows + 1], done
 
 
 def write_rewards(
@@ -286,7 +292,7 @@ def write_rewards(
     """Write ``coef * learned`` (``mode="add"``: plus the env reward) into the chunks'
     first ``n`` rewards, in order; return the env rewards they replaced.
     """
-    env_rewards = np.concatenate([np.asarray(e.get_rewards(slice(0, n))) for e, n in chunks])
+    env_rewards = np.concatenate([_first(e.rewards, n) for e, n in chunks]).astype(np.float64)
     new = coef * learned.astype(np.float64)
     if mode == "add":
         new += env_rewards
@@ -295,6 +301,17 @@ def write_rewards(
         _write_rewards(episode, new[start : start + n])
         start += n
     return env_rewards
+
+
+def _first(buffer: Any, n: int) -> np.ndarray:
+    """The first ``n`` items after the lookback of an episode's InfiniteLookbackBuffer.
+
+    Finalized (numpy) buffers are sliced directly; list buffers go through ``get``.
+    """
+    data = buffer.data
+    if isinstance(data, np.ndarray):
+        return data[buffer.lookback : buffer.lookback + n]
+    return np.asarray(buffer.get(slice(0, n)))
 
 
 def find_relabel_pieces(connector: ConnectorV2 | None) -> list[RelabelRewards]:

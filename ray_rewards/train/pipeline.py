@@ -61,6 +61,9 @@ class PipelineConfig:
     oracle_temperature: float = 0.0
     # 3. reward training
     hid_sizes: tuple[int, ...] = (64, 64)
+    # Smooth units extrapolate better than ReLU to states the rollouts rarely visit
+    # (for Pendulum: upright and slow, where a good policy spends its time).
+    activation: str = "SiLU"
     epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
@@ -344,7 +347,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             loss="preference",
             env=cfg.env,
             net="BasicRewardNet",
-            net_kwargs={"hid_sizes": list(cfg.hid_sizes)},
+            net_kwargs={"hid_sizes": list(cfg.hid_sizes), "activation": cfg.activation},
             normalize_output=True,
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,

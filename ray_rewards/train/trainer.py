@@ -80,7 +80,7 @@ class TrainConfig:
         env: gymnasium id whose spaces the new net takes (resolved on the driver).
         net: reward-net class of ``ray_rewards.reward_nets`` (one of NET_CLASSES).
         net_kwargs: its keyword arguments; ``normalize_input_layer`` may name a norm
-            class (``"RunningNorm"``).
+            class (``"RunningNorm"``), ``activation`` a ``torch.nn`` class (``"SiLU"``).
         normalize_output: wrap the net in ``NormalizedRewardNet(RunningNorm)`` fitted to
             the net's rewards on the training data (what RL should use).
         init_net: start from this saved net instead of building one (fine-tuning).
@@ -195,6 +195,15 @@ def build_net(
                 f"got {norm!r}"
             )
         kwargs["normalize_input_layer"] = NORM_CLASSES[norm]
+    activation = kwargs.get("activation")
+    if isinstance(activation, str):
+        cls = getattr(th.nn, activation, None)
+        if not (isinstance(cls, type) and issubclass(cls, th.nn.Module)):
+            raise ValueError(
+                f"net_kwargs.activation: expected a torch.nn module name such as 'ReLU' or "
+                f"'SiLU', got {activation!r}"
+            )
+        kwargs["activation"] = cls
     th.manual_seed(cfg.seed)
     net = getattr(reward_nets, cfg.net)(observation_space, action_space, **kwargs)
     if cfg.normalize_output:
