@@ -10,7 +10,9 @@ data set; each epoch all of them draw the same permutation, cut it into the same
 global batches of ``batch_size`` rows and each takes its own contiguous share of
 every batch. A worker scales its mean loss by ``its rows * workers / batch rows``,
 so DDP's gradient average is exactly the gradient of the global batch's mean loss:
-2 workers take the same optimizer steps as 1 (up to float round-off). Holding the
+2 workers take the same optimizer steps as 1 (up to float round-off, which Adam
+blows up only in a parameter whose true gradient is 0, such as the last bias under
+a Bradley–Terry loss, where it cancels out of every prediction). Holding the
 data on every worker is the price; reward-learning data sets (preference pairs,
 demonstrations) fit in a worker's memory.
 
