@@ -157,9 +157,17 @@ def test_two_workers_crashed_and_resumed_train_the_same_net_as_one(data, tmp_pat
         net_one.predict_processed(*args, update_stats=False),
         atol=1e-4,
     )
+    # The saved net loads as a normalized reward, standardized on the training data.
+    reward_fn = serialize.load_reward("RewardNet_normalized", two.output, venv=None)
+    pairs = schemas.collect_numpy(schemas.read_parquet(data["train"]))
+    obs = np.concatenate([pairs["obs_1"], pairs["obs_2"]]).reshape(-1, 3)
+    acts = np.concatenate([pairs["actions_1"], pairs["actions_2"]]).reshape(-1, 1)
+    rew = reward_fn(obs, acts, None, None)
+    assert abs(rew.mean()) < 1e-3 and rew.std() == pytest.approx(1.0, rel=1e-2)
 
 
-def test_input_statistics_are_merged_across_workers_and_the_net_loads(data, tmp_path):
+@pytest.mark.slow
+def test_input_statistics_are_merged_across_workers(data, tmp_path):
     cfg = _config(
         data,
         tmp_path,
@@ -183,15 +191,8 @@ def test_input_statistics_are_merged_across_workers_and_the_net_loads(data, tmp_
     )
     norm = next(m for m in net.modules() if isinstance(m, networks.RunningNorm))
     assert norm.count == EPOCHS * len(features)
-    expected = Moments.of(features)
-    assert Moments(
-        int(norm.count) // EPOCHS, norm.running_mean.numpy(), norm.running_var.numpy()
-    ).allclose(expected, rtol=1e-6, atol=1e-6)
-
-    # Loads as a normalized reward: standardized on the training transitions.
-    reward_fn = serialize.load_reward("RewardNet_normalized", result.net_path, venv=None)
-    rew = reward_fn(features[:, :3], features[:, 3:], None, None)
-    assert abs(rew.mean()) < 1e-3 and rew.std() == pytest.approx(1.0, rel=1e-2)
+    per_epoch = Moments(len(features), norm.running_mean.numpy(), norm.running_var.numpy())
+    assert per_epoch.allclose(Moments.of(features), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_configs_fail_before_any_job(data, tmp_path):
