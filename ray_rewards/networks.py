@@ -5,13 +5,14 @@ from __future__ import annotations
 import abc
 import collections
 import contextlib
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch as th
 from torch import nn
 
-from ray_rewards.stats import Moments, chan_merge
+from ray_rewards.stats import Moments, chan_merge, column_moments
 
 
 class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a function)
@@ -21,20 +22,35 @@ class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a fun
     Every submodule is checked, even when the root is already in ``mode``: a root
     in eval mode may hold a submodule left in training mode (``net.eval();
     net.base.train()``), whose Dropout or RunningNorm must not act during
-    prediction. Modes are restored parent first (depth-first order), so a module
-    whose own ``train()`` recurses into its children cannot clobber their modes.
+    prediction. Modes are restored parents first, so a module whose own
+    ``train()`` recurses into its children cannot clobber their modes.
+
+    With ``skip_mode_free``, modules whose exact class is in
+    :data:`MODE_FREE_MODULES` keep their flag: their output is the same in either
+    mode, so the result of a forward pass is too, for a fraction of the cost on
+    small nets (``predict`` uses it once per call). Their ``training`` attribute is
+    then not ``mode`` inside the block.
     """
 
-    def __init__(self, module: nn.Module, mode: bool = True):
+    def __init__(self, module: nn.Module, mode: bool = True, *, skip_mode_free: bool = False):
         self.module = module
         self.mode = mode
+        self.skip_mode_free = skip_mode_free
         self.saved: list[tuple[nn.Module, bool]] = []
 
     def __enter__(self) -> nn.Module:
-        self.saved = [(m, m.training) for m in walk_modules(self.module)]
+        mode = self.mode
+        modules = walk_modules(self.module)
+        if self.skip_mode_free:
+            kept = [m for m in modules if type(m) not in MODE_FREE_MODULES]
+            # A kept module whose own train() recurses into its children would flip
+            # skipped ones as well; then every module takes part.
+            if all(type(m).train is _MODULE_TRAIN for m in kept):
+                modules = kept
+        self.saved = [(m, m.training) for m in modules]
         for m, _ in self.saved:
-            if m.training != self.mode:
-                _set_mode(m, self.mode)
+            if m.training != mode:
+                _set_mode(m, mode)
         return self.module
 
     def __exit__(self, *exc: object) -> None:
@@ -44,28 +60,45 @@ class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a fun
         self.saved = []
 
 
-def evaluating(module: nn.Module) -> training:
+def evaluating(module: nn.Module, *, skip_mode_free: bool = False) -> training:
     """Put ``module`` in evaluation mode inside the ``with`` block, then restore its mode."""
-    return training(module, mode=False)
+    return training(module, mode=False, skip_mode_free=skip_mode_free)
 
 
-def walk_modules(module: nn.Module) -> Iterator[nn.Module]:
-    """Yield ``module`` and its submodules, depth first.
+def walk_modules(module: nn.Module) -> list[nn.Module]:
+    """``module`` and its submodules, each parent before its children.
 
-    A lean ``nn.Module.modules()`` (no name strings, no de-duplication: a shared
-    submodule comes once per parent) for hot paths.
+    A lean ``list(nn.Module.modules())`` (no name strings, no de-duplication: a
+    shared submodule comes once per parent) for per-call hot paths.
     """
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        yield m
-        stack.extend(c for c in m._modules.values() if c is not None)
+    out = [module]
+    for m in out:  # a list iterated while it grows visits the appended items too
+        for child in m._modules.values():
+            if child is not None:
+                out.append(child)
+    return out
+
+
+_MODULE_TRAIN = nn.Module.train
+
+MODE_FREE_MODULES: set[type[nn.Module]] = {
+    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
+    nn.Softplus,
+}
+"""Exact classes (not subclasses) whose ``forward`` never reads ``training``.
+
+``training(..., skip_mode_free=True)`` leaves their flag alone. Add a class of your
+own only if its output cannot depend on its mode (no dropout, no running statistics).
+"""
 
 
 def _set_mode(m: nn.Module, mode: bool) -> None:
     # Module.train() recurses into children, which `training` visits itself; a module
     # that overrides train() still gets its own train() called.
-    if type(m).train is nn.Module.train:
+    if type(m).train is _MODULE_TRAIN:
         m.__dict__["training"] = mode
     else:
         m.train(mode)
@@ -79,6 +112,9 @@ class SqueezeLayer(nn.Module):
         if x.dim() != 2 or x.shape[1] != 1:
             raise ValueError(f"SqueezeLayer: expected shape (B, 1), got {tuple(x.shape)}")
         return x.squeeze(1)
+
+
+MODE_FREE_MODULES.add(SqueezeLayer)
 
 
 class BaseNorm(nn.Module, abc.ABC):
@@ -156,6 +192,18 @@ class BaseNorm(nn.Module, abc.ABC):
                 self.running_var.copy_(th.from_numpy(moments.var))
                 self.count.fill_(moments.count)
 
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Numpy twin of ``forward`` in eval mode: ``(x - mean) / sqrt(var + eps)``.
+
+        For ``x`` of shape ``(B, num_features)`` (or ``(B,)`` with one feature); the
+        result keeps ``x``'s dtype. Never updates the statistics.
+        """
+        mean, var = self._buffers["running_mean"], self._buffers["running_var"]
+        if self.num_features == 1:  # a reward: Python floats keep x's dtype, and are cheap
+            return (x - mean.item()) * (1.0 / math.sqrt(var.item() + self.eps))
+        mean, var = mean.numpy(force=True), var.numpy(force=True)
+        return (x - mean.astype(x.dtype)) * (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+
     def extra_repr(self) -> str:
         """Size and statistics summary shown by ``print(module)``."""
         return f"{self.num_features}, eps={self.eps}, count={int(self.count)}"
@@ -181,19 +229,30 @@ class RunningNorm(BaseNorm):
 
     def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
         """Merge the moments of ``batch`` (tensor or numpy) into the running moments."""
+        bufs = self._buffers
+        on_cpu = bufs["running_mean"].is_cpu
+        if on_cpu and isinstance(batch, np.ndarray) and batch.ndim == 1 and batch.shape[0]:
+            if self.num_features != 1:
+                self._check_batch(batch)  # raises
+            # Hot path (a reward per step): the column's moments merged as Python floats
+            # straight into numpy views of the buffers.
+            mean, var = bufs["running_mean"].numpy(), bufs["running_var"].numpy()
+            count = bufs["count"].numpy()
+            count[()], mean[0], var[0] = chan_merge(
+                count.item(), mean.item(), var.item(), *column_moments(batch)
+            )
+            return
         batch_m = _batch_moments(self._check_batch(batch))
         if not batch_m.count:
             return
-        if self.running_mean.device.type == "cpu":
-            # Hot path (per-step reward normalization): merge straight into numpy views
-            # of the buffers, without materializing the old statistics.
-            mean, var = self.running_mean.numpy(), self.running_var.numpy()
-            total, mean[...], var[...] = chan_merge(
-                self.count.item(), mean, var, batch_m.count, batch_m.mean, batch_m.var
-            )
-            self.count.fill_(total)
-        else:
+        if not on_cpu:
             self._write(self.moments().merge(batch_m))
+            return
+        mean, var = bufs["running_mean"].numpy(), bufs["running_var"].numpy()
+        count = bufs["count"].numpy()
+        count[()], mean[...], var[...] = chan_merge(
+            count.item(), mean, var, batch_m.count, batch_m.mean, batch_m.var
+        )
 
     def set_moments(self, moments: Moments) -> None:
         """Replace the statistics with ``moments`` (e.g. merged over workers)."""
@@ -374,6 +433,7 @@ __all__ = [
     "BaseNorm",
     "EMANorm",
     "RunningNorm",
+    "MODE_FREE_MODULES",
     "SqueezeLayer",
     "build_cnn",
     "merge_norm_updates",

@@ -41,8 +41,8 @@ def is_image_space(space: spaces.Space) -> bool:
     """Whether ``space`` is a uint8 image Box: 3-D, bounds exactly [0, 255]."""
     return (
         isinstance(space, spaces.Box)
-        and space.dtype == np.uint8
         and len(space.shape) == 3
+        and space.dtype == np.uint8
         and bool(np.all(space.low == 0))
         and bool(np.all(space.high == 255))
     )
@@ -58,7 +58,8 @@ def flat_dim(space: spaces.Space) -> int:
     return int(np.prod(space.shape))
 
 
-def _all_finite(x: Any) -> bool:
+def all_finite(x: np.ndarray | th.Tensor) -> bool:
+    """Whether every element of a numeric array or tensor is finite (no NaN or inf)."""
     if isinstance(x, th.Tensor):
         return bool(th.isfinite(x).all()) if x.is_floating_point() else True
     return bool(np.isfinite(x).all()) if x.dtype.kind == "f" else True
@@ -107,20 +108,20 @@ def preprocess_space(
         NotImplementedError: an unsupported space.
     """
     x = _as_array(x, name)
-    if isinstance(space, spaces.Discrete):
-        expected: tuple[int, ...] = (batch_size,)
+    if isinstance(space, (spaces.Box, spaces.MultiBinary)):
+        expected: tuple[int, ...] = (batch_size, *space.shape)
+    elif isinstance(space, spaces.Discrete):
+        expected = (batch_size,)
     elif isinstance(space, spaces.MultiDiscrete):
         expected = (batch_size, *space.nvec.shape)
-    elif isinstance(space, (spaces.Box, spaces.MultiBinary)):
-        expected = (batch_size, *space.shape)
     else:
         check_supported(space, name)
-    if tuple(x.shape) != expected:
+    if x.shape != expected:  # a torch.Size compares equal to the tuple
         raise ValueError(
             f"{name}: expected shape {expected} for a batch of {batch_size} from {space}, "
             f"got {tuple(x.shape)}"
         )
-    if not _all_finite(x):
+    if not all_finite(x):
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
         return _one_hot(x, space, name=name, device=device, dtype=dtype)
@@ -145,8 +146,8 @@ def _to_tensor(x: Any, device: th.device) -> th.Tensor:
         if not (x.flags.writeable and x.dtype.isnative):
             x = x.astype(x.dtype.newbyteorder("="))
         t = th.from_numpy(x)
-    else:
-        t = th.as_tensor(x)
+        return t if device.type == "cpu" else t.to(device)
+    t = th.as_tensor(x)
     return t if t.device == device else t.to(device)
 
 

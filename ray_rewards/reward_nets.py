@@ -102,23 +102,24 @@ class RewardNet(nn.Module, abc.ABC):
         """
         batch_size = _batch_size(state)
         device, dtype = self._device_dtype()
-        kw = dict(batch_size=batch_size, device=device, dtype=dtype)
-        obs_kw = dict(kw, normalize_images=self.normalize_images)
         state_th = preprocessing.preprocess_space(
-            state, self.observation_space, name="state", **obs_kw
+            state, self.observation_space, name="state", batch_size=batch_size,
+            device=device, dtype=dtype, normalize_images=self.normalize_images,
         )
         action_th = preprocessing.preprocess_space(
-            action, self.action_space, name="action", normalize_images=False, **kw
+            action, self.action_space, name="action", batch_size=batch_size,
+            device=device, dtype=dtype, normalize_images=False,
         )
-        next_state_th = None
+        next_state_th = done_th = None
         if next_state is not None:
             next_state_th = preprocessing.preprocess_space(
-                next_state, self.observation_space, name="next_state", **obs_kw
+                next_state, self.observation_space, name="next_state", batch_size=batch_size,
+                device=device, dtype=dtype, normalize_images=self.normalize_images,
             )
-        done_th = None
         if done is not None:
             done_th = preprocessing.preprocess_space(
-                done, _DONE_SPACE, name="done", normalize_images=False, **kw
+                done, _DONE_SPACE, name="done", batch_size=batch_size,
+                device=device, dtype=dtype, normalize_images=False,
             )
         return state_th, action_th, next_state_th, done_th
 
@@ -132,10 +133,12 @@ class RewardNet(nn.Module, abc.ABC):
         """Rewards of shape ``(B,)`` as a tensor on ``self.device``: eval mode, no grad."""
         next_state = _drop_unused(next_state, self.uses_next_state, state, "next_state")
         done = _drop_unused(done, self.uses_done, state, "done")
-        with networks.evaluating(self), th.no_grad():
+        with networks.evaluating(self, skip_mode_free=True), th.no_grad():
             tensors = self.preprocess(state, action, next_state, done)
             rew = self(*tensors)
-        return _check_reward_shape(rew, tensors[0].shape[0], f"{type(self).__name__}.forward")
+        if rew.shape != tensors[0].shape[:1]:  # the message is built only when it fails
+            _check_reward_shape(rew, tensors[0].shape[0], f"{type(self).__name__}.forward")
+        return rew
 
     def predict(
         self,
@@ -174,10 +177,16 @@ class RewardNet(nn.Module, abc.ABC):
         return getattr(self, "use_done", True)
 
     def _device_dtype(self) -> tuple[th.device, th.dtype]:
-        for m in networks.walk_modules(self):
+        # The first parameter, found without building the whole module list (per call).
+        stack: list[nn.Module | None] = [self]
+        while stack:
+            m = stack.pop()
+            if m is None:
+                continue
             for p in m._parameters.values():
                 if p is not None:
                     return p.device, p.dtype
+            stack.extend(reversed(m._modules.values()))
         return th.device("cpu"), th.get_default_dtype()
 
     @property
@@ -599,10 +608,7 @@ class NormalizedRewardNet(PredictProcessedWrapper):
         """
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
         norm = self.normalize_output_layer
-        # Normalize with the statistics held before this batch, in the reward's dtype.
-        mean = norm.running_mean.numpy(force=True)
-        inv_std = 1.0 / np.sqrt(norm.running_var.numpy(force=True) + norm.eps)
-        out = (rew - mean.astype(rew.dtype)) * inv_std.astype(rew.dtype)
+        out = norm.normalize(rew)
         if update_stats:
             norm.update_stats(rew)
         return out
@@ -740,3 +746,10 @@ class AddSTDRewardWrapper(PredictProcessedWrapper):
         base: RewardNetWithVariance = self._base  # type: ignore[assignment]
         mean, var = base.predict_reward_moments(state, action, next_state, done, **kwargs)
         return mean + alpha * np.sqrt(var)
+
+
+# Library nets whose forward ignores their own mode (their submodules are walked anyway).
+networks.MODE_FREE_MODULES.update({
+    BasicRewardNet, CNNRewardNet, ShapedRewardNet, BasicShapedRewardNet, BasicPotentialMLP,
+    BasicPotentialCNN, NormalizedRewardNet, RewardEnsemble, AddSTDRewardWrapper,
+})

@@ -33,6 +33,18 @@ def chan_merge(
     return total, mean, var
 
 
+def column_moments(column: np.ndarray) -> tuple[int, float, float]:
+    """``(count, mean, var)`` of a non-empty 1-D array, as Python numbers.
+
+    Two passes computed in float64 (exact as ``column.var()``): the per-step hot path
+    of reward normalization, where a Moments object would cost more than the math.
+    """
+    n = column.shape[0]
+    mean = float(np.add.reduce(column, dtype=np.float64)) / n
+    centered = np.subtract(column, mean, dtype=np.float64)
+    return n, mean, float(np.dot(centered, centered)) / n
+
+
 @dataclass(frozen=True, eq=False)  # numpy fields: compare with allclose()
 class Moments:
     """Count, mean and population variance (ddof=0) of a batch of feature vectors.
@@ -72,16 +84,18 @@ class Moments:
     @classmethod
     def of(cls, batch: np.ndarray) -> Moments:
         """Moments of ``batch`` of shape ``(N, *features)``, reduced over axis 0."""
-        arr = np.asarray(batch, dtype=np.float64)
+        arr = batch if isinstance(batch, np.ndarray) else np.asarray(batch, dtype=np.float64)
         if arr.ndim == 0:
             raise ValueError("Moments.of: expected a batch with a leading axis, got a scalar")
         n = arr.shape[0]
         if n == 0:
             return cls.empty(arr.shape[1:])
-        # Two-pass mean and variance with ufunc reductions: exact as arr.var(), and
-        # several times faster for the small batches of per-step reward updates.
-        mean = np.add.reduce(arr, axis=0) / n
-        centered = arr - mean
+        # Two-pass mean and variance with ufunc reductions computed in float64 (exact as
+        # arr.var()), several times faster for the small batches of per-step updates.
+        if arr.ndim == 1:
+            return cls(*column_moments(arr))
+        mean = np.add.reduce(arr, axis=0, dtype=np.float64) / n
+        centered = np.subtract(arr, mean, dtype=np.float64)
         return cls(n, mean, np.add.reduce(centered * centered, axis=0) / n)
 
     def merge(self, other: Moments) -> Moments:

@@ -114,6 +114,40 @@ def test_running_norm_numpy_and_tensor_updates_agree():
     assert a.moments().allclose(Moments.of(data.double().numpy()))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_norm_reward_column_fast_path_equals_general_path(dtype):
+    """A 1-D numpy batch into a 1-feature norm (the per-step reward update) merges as
+    Python floats; it must hold exactly what (B, 1) batches and tensors give."""
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(5.0, 3.0, n).astype(dtype) for n in (1, 8, 64, 0, 300)]
+    column, matrix, tensor = RunningNorm(1), RunningNorm(1), RunningNorm(1)
+    for c in chunks:
+        column.update_stats(c)
+        matrix.update_stats(c.reshape(-1, 1))
+        tensor.update_stats(th.as_tensor(c))
+    want = Moments.of(np.concatenate(chunks).astype(np.float64).reshape(-1, 1))
+    for norm in (column, matrix, tensor):
+        assert norm.moments().allclose(want, rtol=1e-12, atol=1e-12)
+        assert int(norm.count) == want.count == 373
+    with pytest.raises(ValueError, match=r"expected a batch of shape \(B, 3\), got \(5,\)"):
+        RunningNorm(3).update_stats(np.zeros(5))
+
+
+@pytest.mark.parametrize("features, shape", [(1, (6,)), (1, (6, 1)), (3, (6, 3))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_normalize_is_forward_in_eval_mode_in_numpy(features, shape, dtype):
+    norm = RunningNorm(features)
+    norm.update_stats(rand(50, features, scale=3.0, loc=-2.0))
+    before = norm.moments()
+    x = rand(*shape, seed=1, scale=4.0).numpy().astype(dtype)
+    got = norm.normalize(x)
+    assert got.dtype == dtype and got.shape == shape
+    with networks.evaluating(norm):
+        want = norm(th.as_tensor(x)).numpy()
+    np.testing.assert_allclose(got, want.reshape(shape), rtol=1e-6, atol=1e-6)
+    assert norm.moments().allclose(before, rtol=0, atol=0)  # never updates
+
+
 def test_emanorm_bias_correction_and_weights():
     decay = 0.9
     norm = EMANorm(2, decay=decay)
@@ -287,6 +321,44 @@ def test_mode_context_restores_mixed_modes_under_a_module_overriding_train():
     with networks.evaluating(net):
         assert modes(net) == [False] * len(before)
         assert net[0].calls[-1] is False  # the override ran
+    assert modes(net) == before
+
+
+def test_skip_mode_free_flips_only_modules_whose_mode_matters():
+    class MyLinear(nn.Linear):  # a subclass may read self.training: never skipped
+        pass
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), MyLinear(2, 2), RunningNorm(2), nn.ReLU())
+    net.train()
+    with networks.evaluating(net, skip_mode_free=True):
+        assert [m.training for m in net] == [True, False, False, False, True]
+        assert net.training  # Sequential is mode-free
+        x = rand(4, 2)
+        before = net[3].moments()
+        net(x)
+        assert net[3].moments().allclose(before, rtol=0, atol=0)  # RunningNorm in eval
+        net[1].p = 1.0
+        th.testing.assert_close(net(x), net(x))  # Dropout off
+    assert modes(net) == [True] * 6
+
+
+def test_skip_mode_free_falls_back_when_a_module_overrides_train():
+    """A kept module whose train() recurses would flip skipped children: all take part."""
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(1, 1)
+
+        def train(self, mode: bool = True):
+            return super().train(mode)
+
+    net = nn.Sequential(Custom(), nn.Linear(1, 1))
+    net.train()
+    net[0].lin.eval()
+    before = modes(net)
+    with networks.evaluating(net, skip_mode_free=True):
+        assert not any(modes(net))
     assert modes(net) == before
 
 

@@ -265,3 +265,16 @@ def test_non_native_byte_order_accepted():
     np.testing.assert_array_equal(prep(x, spaces.Box(-5, 5, (2,))).numpy(), [[1.0, 2.0]])
     d = np.array([2, 0], dtype=">i4")
     np.testing.assert_array_equal(prep(d, spaces.Discrete(3)).numpy(), np.eye(3)[[2, 0]])
+
+
+def test_all_finite():
+    big = np.full(4, 3e38, dtype=np.float32)  # finite, though their float32 sum is not
+    assert preprocessing.all_finite(big)
+    for bad in (np.inf, -np.inf, np.nan):
+        x = big.copy()
+        x[2] = bad
+        assert not preprocessing.all_finite(x)
+        assert not preprocessing.all_finite(th.as_tensor(x))
+    both = np.array([np.inf, -np.inf])  # sums to NaN
+    assert not preprocessing.all_finite(both)
+    assert preprocessing.all_finite(np.array([1, 2], dtype=np.int64))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ray_rewards.networks import RunningNorm
-from ray_rewards.stats import Moments
+from ray_rewards.stats import Moments, column_moments
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Values of moderate magnitude: merge is exact up to float64 round-off, and round-off
@@ -44,6 +44,19 @@ def test_of_matches_numpy(data):
     assert m.mean.dtype == np.float64 and m.mean.shape == (data.shape[1],)
     np.testing.assert_allclose(m.mean, data.mean(0), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(m.var, data.var(0), rtol=RTOL, atol=ATOL)  # population var
+
+
+@SETTINGS
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 60),
+                  elements=st.floats(-1e3, 1e3, width=32)))
+def test_column_moments_match_numpy_and_moments_of(column):
+    n, mean, var = column_moments(column)
+    assert (n, type(mean), type(var)) == (len(column), float, float)
+    wide = column.astype(np.float64)
+    np.testing.assert_allclose([mean, var], [wide.mean(), wide.var()], rtol=RTOL, atol=ATOL)
+    assert_moments_close(Moments.of(column), Moments(n, mean, var))
+    two_d = Moments.of(column.reshape(-1, 1))
+    np.testing.assert_allclose([two_d.mean[0], two_d.var[0]], [mean, var], rtol=RTOL, atol=ATOL)
 
 
 def test_of_multidimensional_features_and_empty():
