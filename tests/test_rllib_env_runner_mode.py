@@ -51,6 +51,33 @@ def test_env_runner_samples_carry_the_actors_rewards(ray_session):
         algo.stop()
 
 
+@pytest.mark.parametrize("num_env_runners", [0, 1])
+def test_env_runner_mode_keeps_reporting_env_returns(ray_session, num_env_runners):
+    """The env runner computes episode returns from the chunks it kept, after sample():
+    a +100 reward written into those would make Pendulum's returns positive."""
+    net = make_net()
+    with th.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.mlp.dense_final.bias.fill_(100.0)
+    config = (
+        PPOConfig()
+        .environment("Pendulum-v1", env_config={"max_episode_steps": 60})
+        .env_runners(num_env_runners=num_env_runners, rollout_fragment_length=50)
+        .training(train_batch_size_per_learner=200, minibatch_size=100, num_epochs=1)
+        .rl_module(model_config={"fcnet_hiddens": [16]})
+    )
+    algo = with_learned_reward(config, RewardActor(net)).build_algo()
+    try:
+        for _ in range(2):
+            runners = algo.train()["env_runners"]
+            assert runners["learned_reward"]["mean"] == pytest.approx(100.0)
+        assert runners["num_episodes_lifetime"] >= 5
+        assert -16.3 * 60 <= runners["episode_return_min"] <= runners["episode_return_max"] < 0
+    finally:
+        algo.stop()
+
+
 def test_env_runner_mode_refuses_bad_input():
     with pytest.raises(TypeError, match="RewardActor"):
         RelabelOnEnvRunner(object(), gym.make("Pendulum-v1").action_space)

@@ -99,6 +99,26 @@ def test_relabels_every_chunk_with_one_forward(numpy):
         )
 
 
+@pytest.mark.parametrize("numpy", [True, False])
+def test_copy_episodes_relabels_copies_and_leaves_the_callers_episodes(numpy):
+    """What an env runner keeps for its episode metrics must keep the env rewards."""
+    rng = np.random.default_rng(7)
+    originals = [make_episode(rng, 4, lookback=1, numpy=numpy), make_episode(rng, 3, numpy=numpy)]
+    env_rewards = [np.array(ep.get_rewards()) for ep in originals]
+    net = make_net()
+    expected = net.predict(*transitions(originals))
+    episodes = list(originals)
+    pipeline = LearnerConnectorPipeline(
+        connectors=[AddOneTsToEpisodesAndTruncate(), RelabelRewards(net, copy_episodes=True)]
+    )
+    pipeline(rl_module=None, batch={}, episodes=episodes, shared_data={})
+    assert all(new is not old for new, old in zip(episodes, originals))
+    got = np.concatenate([np.asarray(ep.get_rewards())[:-1] for ep in episodes])
+    np.testing.assert_array_equal(got, expected.astype(np.float64))
+    for ep, before in zip(originals, env_rewards):
+        np.testing.assert_array_equal(np.asarray(ep.get_rewards())[: len(before)], before)
+
+
 def test_done_marks_only_the_terminal_step():
     rng = np.random.default_rng(1)
     episodes = [make_episode(rng, 3, terminated=True), make_episode(rng, 3)]

@@ -161,6 +161,34 @@ def test_ppo_with_the_true_reward_net_sees_the_env_rewards(ray_session):
         algo.stop()
 
 
+def constant_net(value: float) -> BasicRewardNet:
+    """A net whose reward is ``value`` for every transition."""
+    net = small_net()
+    with th.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.mlp.dense_final.bias.fill_(value)
+    return net
+
+
+def test_local_env_runner_keeps_reporting_env_returns(ray_session):
+    """num_env_runners=0 with a local learner: the learner relabels the very chunk
+    objects the env runner keeps for its episode metrics. A +100 reward mixed into
+    those would make Pendulum's (negative) returns positive."""
+    algo = with_learned_reward(ppo_config(num_env_runners=0), constant_net(100.0)).build_algo()
+    try:
+        for _ in range(3):
+            result = algo.train()
+            assert result["learned_reward"]["mean"] == pytest.approx(100.0)
+            runners = result["env_runners"]
+            if "episode_return_max" in runners:
+                assert -16.3 * 60 <= runners["episode_return_min"]
+                assert runners["episode_return_max"] < 0
+        assert runners["num_episodes_lifetime"] >= 5
+    finally:
+        algo.stop()
+
+
 def test_sac_trains_on_the_nets_rewards_from_the_replay_buffer(ray_session):
     net = small_net(seed=3)
     config = (

@@ -4,7 +4,9 @@
 ``learned_reward_algorithm_class(algo_class)``: the original class (PPO, SAC, ...)
 with this mixin in front. The mixin
 
-- checks at setup that the net fits the env (spaces, action handling);
+- checks at setup that the net fits the env (spaces, action handling), and where
+  the learner runs in the process of the (local) env runner, makes it relabel
+  copies so that the env runner's episode returns stay the env's;
 - on ``save_to_path`` (which ``Algorithm.save`` and Tune use too) first merges the
   normalization statistics of all copies, then writes the net next to RLlib's
   files as ``<checkpoint>/reward_net.pt`` in ray_rewards' format (loadable by
@@ -37,7 +39,9 @@ class LearnedRewardAlgorithm:
     def setup(self, config: Any) -> None:
         """The algorithm's setup, then a check that the reward net fits the env."""
         super().setup(config)  # type: ignore[misc]
-        state_of(self).check(self)  # type: ignore[arg-type]
+        reward_state = state_of(self)  # type: ignore[arg-type]
+        reward_state.check(self)  # type: ignore[arg-type]
+        reward_state.protect_env_runner_episodes(self)  # type: ignore[arg-type]
 
     def save_to_path(
         self,

@@ -7,9 +7,11 @@ authoritative holder of normalization statistics), pass a
 :func:`~ray_rewards.rllib.with_learned_reward`: every env runner then calls
 :class:`RelabelOnEnvRunner` at the end of ``sample()``, which sends all
 transitions of that sample to the actor in ONE request and writes the answer into
-the episodes before they leave the env runner. The env runner's episode metrics
-were logged while stepping, so ``result["env_runners"]["episode_return_mean"]``
-stays the env's own return; the learned reward's ``mean``/``min``/``max`` go to
+copies of the episodes (:func:`~ray_rewards.rllib.relabel_connector.detach_rewards`)
+that take the originals' place in the returned sample. The env runner computes its
+episode metrics from the originals it keeps (in ``get_metrics``, after
+``sample()``), so ``result["env_runners"]["episode_return_mean"]`` stays the env's
+own return; the learned reward's ``mean``/``min``/``max`` go to
 ``result["env_runners"]["learned_reward"]``.
 """
 
@@ -26,6 +28,7 @@ from ray_rewards.rllib.relabel_connector import (
     LEARNED_REWARD,
     MODES,
     Mode,
+    detach_rewards,
     episode_transitions,
     write_rewards,
 )
@@ -78,13 +81,14 @@ class RelabelOnEnvRunner:
         metrics_logger: MetricsLogger | None = None,
         **kwargs: Any,
     ) -> None:
-        """Relabel every episode chunk in ``samples`` in place with one actor request."""
+        """Put relabeled copies of the episode chunks in ``samples`` (one actor request)."""
         for e in samples:
             if not isinstance(e, SingleAgentEpisode):
                 raise TypeError(
                     "RelabelOnEnvRunner: env-runner mode supports single-agent episodes, "
                     f"got {type(e).__name__}"
                 )
+        detach_rewards(samples)
         chunks = [(e, len(e)) for e in samples if len(e) > 0]
         if not chunks:
             return

@@ -25,6 +25,7 @@ excluded):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from ray.rllib.connectors.connector_pipeline_v2 import ConnectorPipelineV2
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import ALL_MODULES
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
@@ -85,6 +87,14 @@ class RelabelRewards(ConnectorV2):
             net sees the RLModule's raw actions.
         predict_kwargs: further keyword arguments of ``predict_processed`` (e.g.
             ``alpha`` for an AddSTDRewardWrapper).
+        copy_episodes: relabel copies (see :func:`detach_rewards`) put in the place of
+            the episodes in the call's list, and leave the objects the caller holds
+            as they were. Needed where the learner runs in the process of the env
+            runner that sampled the episodes (``num_env_runners=0`` with a local
+            learner): that env runner keeps the chunks it returned and sums their
+            rewards into its ``episode_return_mean`` when the episode ends.
+            Algorithms built by :func:`~ray_rewards.rllib.with_learned_reward` turn
+            it on there by themselves.
 
     Off-policy algorithms: the replay buffer's episodes must be one-step
     transitions (``n_step=1``); an n-step sample holds a discounted reward sum
@@ -106,6 +116,7 @@ class RelabelRewards(ConnectorV2):
         normalize_actions: bool = False,
         clip_actions: bool = False,
         predict_kwargs: Mapping[str, Any] | None = None,
+        copy_episodes: bool = False,
         input_observation_space: Any = None,
         input_action_space: Any = None,
         **kwargs: Any,
@@ -132,6 +143,7 @@ class RelabelRewards(ConnectorV2):
         self.update_stats = bool(update_stats)
         self.normalize_actions = bool(normalize_actions)
         self.clip_actions = bool(clip_actions)
+        self.copy_episodes = bool(copy_episodes)
         self._predict_kwargs = dict(predict_kwargs or {})
         if normalized:
             # Nets without a NormalizedRewardNet need not accept the keyword.
@@ -155,6 +167,8 @@ class RelabelRewards(ConnectorV2):
     ) -> Any:
         """Relabel the rewards of every chunk in ``episodes`` in place; ``batch`` passes on."""
         bootstrap_step = bool(shared_data and shared_data.get(_BOOTSTRAP_STEP_ADDED))
+        if self.copy_episodes:
+            detach_rewards(episodes)
         chunks = [
             (e, len(e) - bootstrap_step)
             for e in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)
@@ -284,6 +298,37 @@ def episode_transitions(
     elif clip_actions:
         action = clip_action(action, action_struct)
     return obs[state_rows], action, obs[state_rows + 1], done
+
+
+def detach_rewards(episodes: list[Any]) -> None:
+    """Put in place of each episode of ``episodes`` a shallow copy whose reward buffer
+    is its own, so that writing rewards into the list's episodes leaves the objects
+    the caller holds (an env runner's, for its episode metrics) as they were.
+
+    Only rewards are detached: other buffers stay shared, as RLlib's own learner
+    pieces (which append a bootstrap step) expect. A MultiAgentEpisode is copied
+    with a new ``agent_episodes`` dict of detached sub-episodes.
+    """
+    for i, episode in enumerate(episodes):
+        if isinstance(episode, MultiAgentEpisode):
+            copied = copy.copy(episode)
+            copied.agent_episodes = {
+                agent: _with_own_rewards(sub) for agent, sub in episode.agent_episodes.items()
+            }
+            episodes[i] = copied
+        else:
+            episodes[i] = _with_own_rewards(episode)
+
+
+def _with_own_rewards(episode: SingleAgentEpisode) -> SingleAgentEpisode:
+    copied = copy.copy(episode)
+    rewards = copy.copy(episode.rewards)
+    # A numpy buffer gets new data when written (see _write_rewards); a list one is
+    # written in place, so it needs its own list.
+    if not isinstance(rewards.data, np.ndarray):
+        rewards.data = list(rewards.data)
+    copied.rewards = rewards
+    return copied
 
 
 def write_rewards(

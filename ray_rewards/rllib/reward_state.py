@@ -74,6 +74,23 @@ class LearnedRewardState:
                     f"match the environment's {env_space}"
                 )
 
+    def protect_env_runner_episodes(self, algorithm: Algorithm) -> None:
+        """Relabel copies where the learner shares its process with the sampling env
+        runner (local learner, no remote env runners): that env runner sums the
+        rewards of the chunks it returned into its episode-return metrics.
+        """
+        runners = getattr(algorithm, "env_runner_group", None)
+        if not algorithm.learner_group.is_local or (
+            runners is not None and runners.num_remote_env_runners() > 0
+        ):
+            return
+
+        def on_learner(learner: Any) -> None:
+            for piece in find_relabel_pieces(getattr(learner, "_learner_connector", None)):
+                piece.copy_episodes = True
+
+        algorithm.learner_group.foreach_learner(on_learner)
+
     def sync(self, algorithm: Algorithm) -> dict[str, Moments] | None:
         """Merge the statistics every copy added since the last sync; give all the result.
 

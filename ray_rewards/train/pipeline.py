@@ -251,14 +251,12 @@ def reward_correlation(net_path: str, transitions_path: str) -> float:
 def _ppo_run(env: str, seed: int, timesteps: int, episodes: int, reward_path: str | None) -> dict:
     """Stage 4, one run (a Ray task): PPO on the learned or the true reward.
 
-    The env runner is an actor, not this process: with a local env runner and a local
-    learner, RLlib's episode-return metric would sum chunks that the learned-reward
-    connector has already relabeled in place (the env runner keeps them for metrics),
-    and the learned-reward curve would not show the env's return.
+    Samples and learns in this task's process (a local env runner and learner: no
+    actor to start); the curve is the env's own return either way.
     """
     from ray_rewards.rllib import with_learned_reward
 
-    config = ppo_config(env, seed, timesteps, num_env_runners=1)
+    config = ppo_config(env, seed, timesteps)
     label = "PPO on true reward"
     if reward_path is not None:
         config = with_learned_reward(config, reward_path)
@@ -276,10 +274,10 @@ def _ppo_run(env: str, seed: int, timesteps: int, episodes: int, reward_path: st
 
 
 def run_rl(cfg: PipelineConfig, reward_path: str) -> dict[str, dict]:
-    """Stage 4: both PPO runs side by side, one CPU each (learner + env runner)."""
+    """Stage 4: both PPO runs side by side, one CPU each (sampling and learning in turn)."""
     import ray
 
-    task = ray.remote(num_cpus=0.5)(_ppo_run)
+    task = ray.remote(num_cpus=1)(_ppo_run)
     args = (cfg.env, cfg.seed, cfg.ppo_timesteps, cfg.eval_episodes)
     learned, true = ray.get([task.remote(*args, reward_path), task.remote(*args, None)])
     return {"learned": learned, "true": true}
