@@ -26,6 +26,7 @@ excluded):
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -277,11 +278,13 @@ def episode_transitions(
         actions.append(_first(episode.actions, n))
         n_step = episode.extra_model_outputs.get("n_step")
         if n_step is not None:
-            n_steps.append(np.asarray(n_step.data).reshape(-1))
-    if n_steps and np.any(np.concatenate(n_steps) != 1):
+            n_steps.append(n_step.data)
+    # axis=None flattens every chunk's n_step data (array or list) in one call.
+    all_n_steps = np.concatenate(n_steps, axis=None) if n_steps else np.ones(0)
+    if np.any(all_n_steps != 1):
         raise ValueError(
             "RelabelRewards: got replay-buffer episodes sampled with n_step > 1 "
-            f"(n_step={np.unique(np.concatenate(n_steps)).tolist()}); their rewards "
+            f"(n_step={np.unique(all_n_steps).tolist()}); their rewards "
             "are discounted sums over several transitions, which a reward net cannot "
             "relabel. Configure the algorithm with n_step=1."
         )
@@ -383,19 +386,32 @@ def _module_device(rl_module: RLModule | None) -> th.device | None:
     return None
 
 
+@functools.cache
+def _reward_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a relabeled reward buffer keeps: its own, at least float32."""
+    return np.result_type(dtype, np.float32)
+
+
 def _write_rewards(episode: SingleAgentEpisode, rewards: np.ndarray) -> None:
     """Overwrite the first ``len(rewards)`` rewards of the chunk (lookback untouched).
 
     A finalized (numpy) reward buffer may be a view into a replay buffer's stored
-    episode (``EpisodeReplayBuffer`` slices without copying): it is copied first,
-    so relabeling a sample never changes the stored env rewards.
+    episode (``EpisodeReplayBuffer`` slices without copying): it is never written;
+    the episode gets a new array, so relabeling a sample never changes the stored
+    env rewards.
     """
     buf = episode.rewards
-    if isinstance(buf.data, np.ndarray):
+    data = buf.data
+    if isinstance(data, np.ndarray):
         # Written directly: InfiniteLookbackBuffer.set would check each value against
         # the reward space one scalar at a time (and warn about casting each).
-        data = buf.data.astype(np.result_type(buf.data.dtype, np.float32), copy=True)
-        data[buf.lookback : buf.lookback + len(rewards)] = rewards
-        buf.data = data
+        dtype = _reward_dtype(data.dtype)
+        if buf.lookback == 0 and len(data) == len(rewards):
+            # The chunk is the whole buffer (replay samples): the rewards become it.
+            buf.data = rewards.astype(dtype, copy=False)
+        else:
+            data = data.astype(dtype, copy=True)
+            data[buf.lookback : buf.lookback + len(rewards)] = rewards
+            buf.data = data
     else:
         episode.set_rewards(new_data=rewards.tolist(), at_indices=slice(0, len(rewards)))

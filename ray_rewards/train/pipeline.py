@@ -251,12 +251,12 @@ def reward_correlation(net_path: str, transitions_path: str) -> float:
 def _ppo_run(env: str, seed: int, timesteps: int, episodes: int, reward_path: str | None) -> dict:
     """Stage 4, one run (a Ray task): PPO on the learned or the true reward.
 
-    Samples and learns in this task's process (a local env runner and learner: no
-    actor to start); the curve is the env's own return either way.
+    Learns in this task's process and samples in one env-runner actor beside it,
+    the setup ``benchmarks/reward_quality.py`` measured over several seeds.
     """
     from ray_rewards.rllib import with_learned_reward
 
-    config = ppo_config(env, seed, timesteps)
+    config = ppo_config(env, seed, timesteps, num_env_runners=1)
     label = "PPO on true reward"
     if reward_path is not None:
         config = with_learned_reward(config, reward_path)
@@ -274,10 +274,10 @@ def _ppo_run(env: str, seed: int, timesteps: int, episodes: int, reward_path: st
 
 
 def run_rl(cfg: PipelineConfig, reward_path: str) -> dict[str, dict]:
-    """Stage 4: both PPO runs side by side, one CPU each (sampling and learning in turn)."""
+    """Stage 4: both PPO runs side by side, one CPU each (learner + env runner)."""
     import ray
 
-    task = ray.remote(num_cpus=1)(_ppo_run)
+    task = ray.remote(num_cpus=0.5)(_ppo_run)
     args = (cfg.env, cfg.seed, cfg.ppo_timesteps, cfg.eval_episodes)
     learned, true = ray.get([task.remote(*args, reward_path), task.remote(*args, None)])
     return {"learned": learned, "true": true}
