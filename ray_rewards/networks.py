@@ -200,7 +200,9 @@ class BaseNorm(nn.Module, abc.ABC):
         """
         mean, var = self._buffers["running_mean"], self._buffers["running_var"]
         if self.num_features == 1:  # a reward: Python floats keep x's dtype, and are cheap
-            return (x - mean.item()) * (1.0 / math.sqrt(var.item() + self.eps))
+            out = x - mean.item()
+            out *= 1.0 / math.sqrt(var.item() + self.eps)
+            return out
         mean, var = mean.numpy(force=True), var.numpy(force=True)
         return (x - mean.astype(x.dtype)) * (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
 

@@ -38,11 +38,11 @@ def _batch_size(state: Any) -> int:
     return int(shape[0])
 
 
-def _drop_unused(x: Any, used: bool, state: Any, name: str) -> Any:
+def _drop_unused(x: Any, used: bool, batch_size: int, name: str) -> Any:
     """``x`` if the net reads it, else None after checking its batch size only."""
     if used or x is None:
         return x
-    shape, batch_size = tuple(np.shape(x)), _batch_size(state)
+    shape = tuple(np.shape(x))
     if shape[:1] != (batch_size,):
         got = shape[0] if shape else f"shape {shape}"
         raise ValueError(f"{name}: expected a batch of {batch_size} like state, got {got}")
@@ -131,8 +131,9 @@ class RewardNet(nn.Module, abc.ABC):
         done: Any | None = None,
     ) -> th.Tensor:
         """Rewards of shape ``(B,)`` as a tensor on ``self.device``: eval mode, no grad."""
-        next_state = _drop_unused(next_state, self.uses_next_state, state, "next_state")
-        done = _drop_unused(done, self.uses_done, state, "done")
+        batch_size = _batch_size(state)
+        next_state = _drop_unused(next_state, self.uses_next_state, batch_size, "next_state")
+        done = _drop_unused(done, self.uses_done, batch_size, "done")
         with networks.evaluating(self, skip_mode_free=True), th.no_grad():
             tensors = self.preprocess(state, action, next_state, done)
             rew = self(*tensors)
