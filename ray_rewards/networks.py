@@ -45,7 +45,7 @@ class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a fun
             kept = [m for m in modules if type(m) not in MODE_FREE_MODULES]
             # A kept module whose own train() recurses into its children would flip
             # skipped ones as well; then every module takes part.
-            if all(type(m).train is _MODULE_TRAIN for m in kept):
+            if not kept or all(type(m).train is _MODULE_TRAIN for m in kept):
                 modules = kept
         self.saved = [(m, m.training) for m in modules]
         for m, _ in self.saved:
