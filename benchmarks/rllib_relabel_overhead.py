@@ -11,8 +11,10 @@
 2. The connector alone: ``RelabelRewards`` on the episode chunks of one PPO train
    batch vs the net's own ``predict_processed`` on the same transitions, already
    gathered into arrays (target >= 0.8); best of ``--repeats``. Also shown: a
-   replay-buffer-like batch of one-step episodes (what SAC/DQN learners get), and
-   the bare ``forward`` under ``no_grad`` on ready tensors, for reference.
+   replay-buffer-like sample of one-step episodes (what SAC/DQN learners get),
+   relabeled as off-policy learners do (``from_batch``: on the train batch's
+   columns) and, for comparison, episode by episode; and the bare ``forward``
+   under ``no_grad`` on ready tensors, for reference.
 
 Run: ``python benchmarks/rllib_relabel_overhead.py`` (``--help`` for sizes).
 """
@@ -135,19 +137,31 @@ def _dones(episode) -> np.ndarray:
     return done
 
 
-def connector_vs_raw(net, episodes, repeats: int) -> tuple[dict[str, np.ndarray], int]:
-    """Seconds per call: connector on the chunks, predict_processed on arrays, bare forward."""
-    piece = RelabelRewards(net)
+def connector_vs_raw(
+    net, episodes, repeats: int, from_batch: bool = False
+) -> tuple[dict[str, np.ndarray], int]:
+    """Seconds per call: connector on the chunks (or, ``from_batch``, on the train batch
+    of their transitions), predict_processed on arrays, bare forward."""
+    piece = RelabelRewards(net, from_batch=from_batch)
     arrays = transitions_of(episodes)
     tensors = net.preprocess(*arrays)
+    obs, actions, new_obs, dones = arrays
+    columns = {
+        "obs": obs, "actions": actions, "new_obs": new_obs, "terminateds": dones.astype(bool),
+        "rewards": np.concatenate([np.asarray(e.get_rewards()) for e in episodes]),
+    }  # fmt: skip
 
     def forward():
         with th.no_grad(), networks.evaluating(net):
             net(*tensors)
 
+    def connector():
+        batch = {"default_policy": columns} if from_batch else {}
+        piece(rl_module=None, batch=batch, episodes=episodes, shared_data={})
+
     times = call_times(
         {
-            "connector": lambda: piece(rl_module=None, batch={}, episodes=episodes, shared_data={}),
+            "connector": connector,
             "raw": lambda: net.predict_processed(*arrays, update_stats=False),
             "forward": forward,
         },
@@ -185,14 +199,15 @@ def main() -> None:
         f"learned reward {learned_r.max():,.0f} -> ratio {learned_r.max() / env_r.max():.3f}; "
         f"median of paired rounds {np.median(learned_r / env_r):.3f} (target >= 0.95)"
     )
+    replay = one_step_episodes(episodes, args.replay_batch)
     cases = {
-        f"PPO batch ({len(episodes)} chunks)": copy.deepcopy(episodes),
-        f"replay sample ({args.replay_batch} one-step episodes)": one_step_episodes(
-            episodes, args.replay_batch
-        ),
+        f"PPO batch ({len(episodes)} chunks)": (copy.deepcopy(episodes), False),
+        f"replay sample as off-policy learners relabel it (train batch of {args.replay_batch} "
+        "one-step episodes)": (replay, True),
+        f"replay sample relabeled episode by episode ({args.replay_batch})": (replay, False),
     }
-    for i, (label, eps) in enumerate(cases.items()):
-        times, n = connector_vs_raw(net, eps, args.repeats)
+    for i, (label, (eps, from_batch)) in enumerate(cases.items()):
+        times, n = connector_vs_raw(net, eps, args.repeats, from_batch)
         t_conn, t_raw, t_fwd = (times[k].min() for k in ("connector", "raw", "forward"))
         print(
             f"{label}, {n} transitions: connector {n / t_conn:,.0f}/s, "

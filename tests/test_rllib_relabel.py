@@ -144,6 +144,35 @@ def test_bootstrap_step_after_add_one_ts_is_not_relabeled():
     np.testing.assert_array_equal(np.concatenate([rew[0][:-1], rew[1][:-1]]), expected)
 
 
+def test_from_batch_relabels_the_reward_column_like_the_episodes():
+    """A batch as RLlib's off-policy pipeline builds it, before NumpyToTensor."""
+    rng = np.random.default_rng(9)
+    episodes = [make_episode(rng, 1, terminated=bool(i % 3 == 0)) for i in range(12)]
+    state, action, next_state, done = transitions(episodes)
+    env = np.concatenate([ep.get_rewards() for ep in episodes])
+    columns = {
+        "obs": state, "actions": action, "new_obs": next_state,
+        "terminateds": done.astype(bool), "rewards": env.copy(),
+    }  # fmt: skip
+    net = make_net()
+    metrics = MetricsLogger()
+    piece = RelabelRewards(net, mode="add", coef=0.5, from_batch=True)
+    batch = piece(rl_module=None, batch={"default_policy": columns}, episodes=episodes,
+                  metrics=metrics)  # fmt: skip
+    learned = net.predict(state, action, next_state, done)
+    np.testing.assert_allclose(batch["default_policy"]["rewards"], env + 0.5 * learned)
+    assert batch["default_policy"]["rewards"].dtype == np.float64
+    # The episodes are not touched.
+    np.testing.assert_array_equal(np.concatenate([ep.get_rewards() for ep in episodes]), env)
+    logged = metrics.peek((ALL_MODULES, "learned_reward"))
+    assert logged["num_transitions"] == 12
+    assert logged["mean"] == pytest.approx(float(learned.mean()))
+    assert logged["env_reward_mean"] == pytest.approx(float(env.mean()))
+    del columns["new_obs"]
+    with pytest.raises(ValueError, match=r"lacks \['new_obs'\]; place the piece after"):
+        piece(rl_module=None, batch={"default_policy": columns}, episodes=episodes)
+
+
 def test_add_mode_with_coef_and_metrics():
     rng = np.random.default_rng(3)
     episodes = [make_episode(rng, 6), make_episode(rng, 2, terminated=True)]

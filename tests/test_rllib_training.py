@@ -15,6 +15,7 @@ import ray.cloudpickle
 import torch as th
 from click.testing import CliRunner
 from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.utils.spaces.space_utils import unsquash_action
@@ -22,6 +23,7 @@ from ray.rllib.utils.spaces.space_utils import unsquash_action
 from ray_rewards import cli, networks, serialize
 from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet, RewardNet
 from ray_rewards.rllib import REWARD_NET_FILE, state_of, with_learned_reward
+from ray_rewards.rllib.relabel_connector import find_relabel_pieces
 from ray_rewards.stats import Moments
 
 # Learner and env-runner processes do not have tests/ on their path: ship this
@@ -139,6 +141,11 @@ def test_ppo_trains_on_exactly_the_nets_rewards(ray_session):
         np.testing.assert_array_equal(got, expected.astype(got.dtype))
         assert np.all(batch["rewards"][~batch["loss_mask"]] == 0)
         assert "advantages" in batch and "value_targets" in batch
+        # On-policy: relabeled on the episodes, before GAE reads them.
+        (from_batch,) = algo.learner_group.foreach_learner(
+            lambda learner: [p.from_batch for p in find_relabel_pieces(learner._learner_connector)]
+        )
+        assert from_batch.get() == [False]
     finally:
         algo.stop()
 
@@ -189,6 +196,15 @@ def test_local_env_runner_keeps_reporting_env_returns(ray_session):
         algo.stop()
 
 
+def assert_relabels_the_batch(algo):
+    """Off-policy: the piece relabels the train batch, right before NumpyToTensor."""
+    (result,) = algo.learner_group.foreach_learner(
+        lambda learner: [type(c).__name__ for c in learner._learner_connector.connectors]
+    )
+    names = result.get()
+    assert names.index("RelabelRewards") == names.index("NumpyToTensor") - 1
+
+
 def test_sac_trains_on_the_nets_rewards_from_the_replay_buffer(ray_session):
     net = small_net(seed=3)
     config = (
@@ -204,6 +220,7 @@ def test_sac_trains_on_the_nets_rewards_from_the_replay_buffer(ray_session):
     )
     algo = with_learned_reward(config, net).build_algo()
     try:
+        assert_relabels_the_batch(algo)
         for _ in range(3):
             result = algo.train()
         assert result["learned_reward"]["num_transitions"] > 0
@@ -223,6 +240,41 @@ def test_sac_trains_on_the_nets_rewards_from_the_replay_buffer(ray_session):
         # The buffer keeps the env rewards: every sample is relabeled afresh.
         for ep, before in zip(buffer.episodes, stored_before):
             np.testing.assert_array_equal(ep.rewards.data, before)
+    finally:
+        algo.stop()
+
+
+def test_dqn_relabels_its_train_batch(ray_session):
+    cartpole = gym.make("CartPole-v1")
+    th.manual_seed(4)
+    net = BasicRewardNet(cartpole.observation_space, cartpole.action_space, hid_sizes=(8,))
+    config = (
+        DQNConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=0, rollout_fragment_length=50)
+        .training(train_batch_size_per_learner=32, num_steps_sampled_before_learning_starts=64)
+        .rl_module(model_config={"fcnet_hiddens": [16]})
+    )
+    algo = with_learned_reward(config, net).build_algo()
+    try:
+        assert_relabels_the_batch(algo)
+        for _ in range(2):
+            result = algo.train()
+        assert result["learned_reward"]["num_transitions"] > 0
+        episodes = algo.local_replay_buffer.sample(
+            num_items=48, n_step=1, gamma=0.99, sample_episodes=True,
+            include_extra_model_outputs=True,
+        )  # fmt: skip
+        s, a, ns, d = [], [], [], []
+        for ep in copy.deepcopy(episodes):
+            for t in range(len(ep)):
+                s.append(ep.get_observations(t))
+                a.append(ep.get_actions(t))
+                ns.append(ep.get_observations(t + 1))
+                d.append(float(ep.is_terminated and t == len(ep) - 1))
+        expected = net.predict(np.array(s), np.array(a), np.array(ns), np.array(d))
+        batch = train_batch(algo, episodes)
+        np.testing.assert_allclose(batch["rewards"], expected, rtol=1e-6)
     finally:
         algo.stop()
 

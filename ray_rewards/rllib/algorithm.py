@@ -4,9 +4,10 @@
 ``learned_reward_algorithm_class(algo_class)``: the original class (PPO, SAC, ...)
 with this mixin in front. The mixin
 
-- checks at setup that the net fits the env (spaces, action handling), and where
-  the learner runs in the process of the (local) env runner, makes it relabel
-  copies so that the env runner's episode returns stay the env's;
+- checks at setup that the net fits the env (spaces, action handling); lets
+  off-policy learners relabel their train batch rather than each replayed
+  episode; and where the learner runs in the process of the (local) env runner,
+  makes it relabel copies so that the env runner's episode returns stay the env's;
 - on ``save_to_path`` (which ``Algorithm.save`` and Tune use too) first merges the
   normalization statistics of all copies, then writes the net next to RLlib's
   files as ``<checkpoint>/reward_net.pt`` in ray_rewards' format (loadable by
@@ -41,6 +42,7 @@ class LearnedRewardAlgorithm:
         super().setup(config)  # type: ignore[misc]
         reward_state = state_of(self)  # type: ignore[arg-type]
         reward_state.check(self)  # type: ignore[arg-type]
+        reward_state.relabel_batches_off_policy(self)  # type: ignore[arg-type]
         reward_state.protect_env_runner_episodes(self)  # type: ignore[arg-type]
 
     def save_to_path(

@@ -6,8 +6,10 @@ It returns a copy of the config with three additions:
    :class:`~ray_rewards.rllib.RelabelRewards` at the front of every learner
    pipeline, ahead of any learner connector the config already had (so a user's
    piece, e.g. a curiosity bonus, adds to the learned reward instead of being
-   overwritten by it). The net travels inside it as the bytes of its
-   ray_rewards save file; each Learner loads its own copy once.
+   overwritten by it). Off-policy learners without such pieces move it to the end
+   of the pipeline to relabel the train batch (see ``RelabelRewards.from_batch``).
+   The net travels inside it as the bytes of its ray_rewards save file; each
+   Learner loads its own copy once.
 2. An ``on_train_result`` callback (:class:`LearnedRewardResults`), appended to any
    the config has: it merges normalization statistics across all copies of the net
    (with ``update_stats``) and puts ``result["learned_reward"]``, beside the env's

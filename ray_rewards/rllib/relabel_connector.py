@@ -21,6 +21,11 @@ excluded):
 - When PPO's (or IMPALA's) ``AddOneTsToEpisodesAndTruncate`` ran first, every chunk
   ends in an artificial bootstrap step (a copy of the last observation, reward 0,
   masked out of the loss). That step is not a transition: it keeps its 0 reward.
+
+Off-policy learners get a replay sample of hundreds of one-step episodes, where
+per-episode work would cost more than the net: there the piece sits just before
+``NumpyToTensor`` instead and relabels the train batch's columns
+(``from_batch``), the same transitions in one vectorized pass.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import torch as th
 from ray.rllib.connectors.connector_pipeline_v2 import ConnectorPipelineV2
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
@@ -55,6 +61,11 @@ MODES: tuple[str, ...] = ("replace", "add")
 
 # Where the learner logs what it relabeled: results["learners"][ALL_MODULES][LEARNED_REWARD].
 LEARNED_REWARD = "learned_reward"
+
+# What from_batch reads from each module's train batch.
+_BATCH_COLUMNS = (
+    Columns.OBS, Columns.ACTIONS, Columns.NEXT_OBS, Columns.TERMINATEDS, Columns.REWARDS
+)
 
 # Set by RLlib's AddOneTsToEpisodesAndTruncate once it has appended the artificial
 # bootstrap step to every episode in this pipeline call.
@@ -88,6 +99,14 @@ class RelabelRewards(ConnectorV2):
             net sees the RLModule's raw actions.
         predict_kwargs: further keyword arguments of ``predict_processed`` (e.g.
             ``alpha`` for an AddSTDRewardWrapper).
+        from_batch: relabel the train batch instead of the episodes: each module's
+            REWARDS column from its OBS, ACTIONS, NEXT_OBS and TERMINATEDS columns,
+            one vectorized pass with no per-episode work. For a piece placed after
+            RLlib's BatchIndividualItems in an off-policy learner pipeline (SAC,
+            DQN, ... add NEXT_OBS), where one-step replay episodes make per-episode
+            work the main cost. Algorithms built by
+            :func:`~ray_rewards.rllib.with_learned_reward` place it so themselves
+            where that applies.
         copy_episodes: relabel copies (see :func:`detach_rewards`) put in the place of
             the episodes in the call's list, and leave the objects the caller holds
             as they were. Needed where the learner runs in the process of the env
@@ -117,6 +136,7 @@ class RelabelRewards(ConnectorV2):
         normalize_actions: bool = False,
         clip_actions: bool = False,
         predict_kwargs: Mapping[str, Any] | None = None,
+        from_batch: bool = False,
         copy_episodes: bool = False,
         input_observation_space: Any = None,
         input_action_space: Any = None,
@@ -144,6 +164,7 @@ class RelabelRewards(ConnectorV2):
         self.update_stats = bool(update_stats)
         self.normalize_actions = bool(normalize_actions)
         self.clip_actions = bool(clip_actions)
+        self.from_batch = bool(from_batch)
         self.copy_episodes = bool(copy_episodes)
         self._predict_kwargs = dict(predict_kwargs or {})
         if normalized:
@@ -166,7 +187,11 @@ class RelabelRewards(ConnectorV2):
         metrics: MetricsLogger | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Relabel the rewards of every chunk in ``episodes`` in place; ``batch`` passes on."""
+        """Relabel the rewards of every chunk in ``episodes`` in place (or, with
+        ``from_batch``, the batch's reward column); returns the batch.
+        """
+        if self.from_batch:
+            return self._relabel_batch(rl_module, batch, metrics)
         bootstrap_step = bool(shared_data and shared_data.get(_BOOTSTRAP_STEP_ADDED))
         if self.copy_episodes:
             detach_rewards(episodes)
@@ -183,14 +208,51 @@ class RelabelRewards(ConnectorV2):
         )
         learned = self._predict(state, action, next_state, done)
         env_rewards = write_rewards(chunks, learned, self.mode, self.coef)
-        if metrics is not None:
-            key = (ALL_MODULES, LEARNED_REWARD)
-            metrics.log_value((*key, "mean"), float(learned.mean()), reduce="mean")
-            metrics.log_value((*key, "min"), float(learned.min()), reduce="min")
-            metrics.log_value((*key, "max"), float(learned.max()), reduce="max")
-            metrics.log_value((*key, "env_reward_mean"), float(env_rewards.mean()), reduce="mean")
-            metrics.log_value((*key, "num_transitions"), len(learned), reduce="sum")
+        self._log(metrics, learned, env_rewards)
         return batch
+
+    def _relabel_batch(
+        self, rl_module: RLModule | None, batch: dict[str, Any], metrics: MetricsLogger | None
+    ) -> dict[str, Any]:
+        """``from_batch``: each module's REWARDS column from its OBS, ACTIONS, NEXT_OBS
+        and TERMINATEDS columns (numpy, one row per transition).
+        """
+        self._move_to(_module_device(rl_module))
+        for module_id, columns in batch.items():
+            missing = [c for c in _BATCH_COLUMNS if c not in columns]
+            if missing:
+                raise ValueError(
+                    f"RelabelRewards(from_batch=True): module {module_id!r}'s batch lacks "
+                    f"{missing}; place the piece after RLlib's BatchIndividualItems in a "
+                    "pipeline that adds next observations (off-policy learners)"
+                )
+            env_rewards = np.asarray(columns[Columns.REWARDS], dtype=np.float64)
+            if not len(env_rewards):
+                continue
+            learned = self._predict(
+                columns[Columns.OBS],
+                env_actions(columns[Columns.ACTIONS], self._action_struct,
+                            self.normalize_actions, self.clip_actions),
+                columns[Columns.NEXT_OBS],
+                np.asarray(columns[Columns.TERMINATEDS], dtype=np.float32),
+            )
+            new = self.coef * learned.astype(np.float64)
+            if self.mode == "add":
+                new += env_rewards
+            columns[Columns.REWARDS] = new.astype(_reward_dtype(columns[Columns.REWARDS].dtype))
+            self._log(metrics, learned, env_rewards)
+        return batch
+
+    @staticmethod
+    def _log(metrics: MetricsLogger | None, learned: np.ndarray, env_rewards: np.ndarray) -> None:
+        if metrics is None:
+            return
+        key = (ALL_MODULES, LEARNED_REWARD)
+        metrics.log_value((*key, "mean"), float(learned.mean()), reduce="mean")
+        metrics.log_value((*key, "min"), float(learned.min()), reduce="min")
+        metrics.log_value((*key, "max"), float(learned.max()), reduce="max")
+        metrics.log_value((*key, "env_reward_mean"), float(env_rewards.mean()), reduce="mean")
+        metrics.log_value((*key, "num_transitions"), len(learned), reduce="sum")
 
     def _predict(
         self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray, done: np.ndarray
@@ -295,12 +357,21 @@ def episode_transitions(
     state_rows = np.repeat(offsets, lengths) + steps
     done = np.zeros(len(state_rows), dtype=np.float32)
     done[(np.cumsum(lengths) - 1)[terminated]] = 1.0
-    action = np.concatenate(actions)
-    if normalize_actions:
-        action = unsquash_action(action, action_struct)
-    elif clip_actions:
-        action = clip_action(action, action_struct)
+    action = env_actions(np.concatenate(actions), action_struct, normalize_actions, clip_actions)
     return obs[state_rows], action, obs[state_rows + 1], done
+
+
+def env_actions(
+    action: np.ndarray, action_struct: Any, normalize_actions: bool, clip_actions: bool
+) -> np.ndarray:
+    """The RLModule's actions as the env received them: unsquashed to (or clipped
+    into) ``action_struct``, the env's action space, as RLlib's env runners do.
+    """
+    if normalize_actions:
+        return unsquash_action(action, action_struct)
+    if clip_actions:
+        return clip_action(action, action_struct)
+    return action
 
 
 def detach_rewards(episodes: list[Any]) -> None:

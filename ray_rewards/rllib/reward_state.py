@@ -18,6 +18,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
+from ray.rllib.connectors.common import BatchIndividualItems, NumpyToTensor
+from ray.rllib.connectors.learner import AddNextObservationsFromEpisodesToTrainBatch
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.env import INPUT_ENV_SINGLE_SPACES
 
 from ray_rewards import networks, serialize
@@ -73,6 +76,37 @@ class LearnedRewardState:
                     f"with_learned_reward: the reward net's {what} space {net_space} does not "
                     f"match the environment's {env_space}"
                 )
+
+    def relabel_batches_off_policy(self, algorithm: Algorithm) -> None:
+        """Off-policy learners (whose pipeline adds NEXT_OBS): move each RelabelRewards
+        to just before NumpyToTensor and let it relabel the train batch
+        (``from_batch``): replay samples are hundreds of one-step episodes, and
+        per-episode work would cost more than the net. Not with recurrent modules, nor
+        when the config's own learner pieces follow the relabeling (they may change
+        episode rewards, which a later relabeling would overwrite).
+        """
+        if self.connector.previous is not None:
+            return
+
+        def on_learner(learner: Any) -> None:
+            pipeline = getattr(learner, "_learner_connector", None)
+            if pipeline is None:
+                return
+            kinds = tuple(type(c) for c in pipeline.connectors)
+            module = learner.module
+            modules = module.values() if isinstance(module, MultiRLModule) else [module]
+            if not (
+                AddNextObservationsFromEpisodesToTrainBatch in kinds
+                and BatchIndividualItems in kinds
+                and NumpyToTensor in kinds
+            ) or any(m.is_stateful() for m in modules):
+                return
+            for piece in find_relabel_pieces(pipeline):
+                pipeline.connectors.remove(piece)
+                pipeline.insert_before(NumpyToTensor, piece)
+                piece.from_batch = True
+
+        algorithm.learner_group.foreach_learner(on_learner)
 
     def protect_env_runner_episodes(self, algorithm: Algorithm) -> None:
         """Relabel copies where the learner shares its process with the sampling env
