@@ -87,13 +87,16 @@ def sample_chunks(algo, steps, times):
     return out
 
 
-def env_transitions(episodes):
-    """Each chunk's transitions step by step, actions as the env got them."""
+def env_transitions(episodes, action_space=ACT):
+    """Each chunk's transitions step by step, actions as the env got them (a Box
+    space's unsquashed)."""
     s, a, ns, d, r = [], [], [], [], []
     for ep in episodes:
         for t in range(len(ep)):
             s.append(ep.get_observations(t))
-            a.append(unsquash_action(ep.get_actions(t), ACT))
+            action = ep.get_actions(t)
+            box = isinstance(action_space, gym.spaces.Box)
+            a.append(unsquash_action(action, action_space) if box else action)
             ns.append(ep.get_observations(t + 1))
             d.append(float(ep.is_terminated and t == len(ep) - 1))
             r.append(ep.get_rewards(t))
@@ -265,14 +268,8 @@ def test_dqn_relabels_its_train_batch(ray_session):
             num_items=48, n_step=1, gamma=0.99, sample_episodes=True,
             include_extra_model_outputs=True,
         )  # fmt: skip
-        s, a, ns, d = [], [], [], []
-        for ep in copy.deepcopy(episodes):
-            for t in range(len(ep)):
-                s.append(ep.get_observations(t))
-                a.append(ep.get_actions(t))
-                ns.append(ep.get_observations(t + 1))
-                d.append(float(ep.is_terminated and t == len(ep) - 1))
-        expected = net.predict(np.array(s), np.array(a), np.array(ns), np.array(d))
+        s, a, ns, d, _ = env_transitions(copy.deepcopy(episodes), cartpole.action_space)
+        expected = net.predict(s, a, ns, d)
         batch = train_batch(algo, episodes)
         np.testing.assert_allclose(batch["rewards"], expected, rtol=1e-6)
     finally:
