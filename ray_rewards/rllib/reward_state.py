@@ -106,7 +106,7 @@ class LearnedRewardState:
                 pipeline.insert_before(NumpyToTensor, piece)
                 piece.from_batch = True
 
-        algorithm.learner_group.foreach_learner(on_learner)
+        _foreach_learner(algorithm, on_learner)
 
     def protect_env_runner_episodes(self, algorithm: Algorithm) -> None:
         """Relabel copies where the learner shares its process with the sampling env
@@ -123,7 +123,7 @@ class LearnedRewardState:
             for piece in find_relabel_pieces(getattr(learner, "_learner_connector", None)):
                 piece.copy_episodes = True
 
-        algorithm.learner_group.foreach_learner(on_learner)
+        _foreach_learner(algorithm, on_learner)
 
     def sync(self, algorithm: Algorithm) -> dict[str, Moments] | None:
         """Merge the statistics every copy added since the last sync; give all the result.
@@ -200,17 +200,23 @@ def _foreach_piece(algorithm: Algorithm, fn: Callable[[RelabelRewards], Any]) ->
     def on_learner(learner: Any) -> list[Any]:
         return [fn(p) for p in find_relabel_pieces(getattr(learner, "_learner_connector", None))]
 
-    results = []
-    for result in algorithm.learner_group.foreach_learner(on_learner):
-        if not result.ok:
-            raise result.get()
-        results.extend(result.get())
+    results = [r for per_learner in _foreach_learner(algorithm, on_learner) for r in per_learner]
     aggregators = getattr(algorithm, "_aggregator_actor_manager", None)
     if aggregators is not None:
         for result in aggregators.foreach_actor(on_learner):
             if not result.ok:
                 raise result.get()
             results.extend(result.get())
+    return results
+
+
+def _foreach_learner(algorithm: Algorithm, fn: Callable[[Any], Any]) -> list[Any]:
+    """``fn(learner)`` on every Learner (local or remote); a learner's error is raised."""
+    results = []
+    for result in algorithm.learner_group.foreach_learner(fn):
+        if not result.ok:
+            raise result.get()
+        results.append(result.get())
     return results
 
 
