@@ -42,7 +42,7 @@ def _drop_unused(x: Any, used: bool, batch_size: int, name: str) -> Any:
     """``x`` if the net reads it, else None after checking its batch size only."""
     if used or x is None:
         return x
-    shape = tuple(np.shape(x))
+    shape = tuple(getattr(x, "shape", None) or np.shape(x))
     if shape[:1] != (batch_size,):
         got = shape[0] if shape else f"shape {shape}"
         raise ValueError(f"{name}: expected a batch of {batch_size} like state, got {got}")
@@ -137,8 +137,8 @@ class RewardNet(nn.Module, abc.ABC):
         with networks.evaluating(self, skip_mode_free=True), th.no_grad():
             tensors = self.preprocess(state, action, next_state, done)
             rew = self(*tensors)
-        if rew.shape != tensors[0].shape[:1]:  # the message is built only when it fails
-            _check_reward_shape(rew, tensors[0].shape[0], f"{type(self).__name__}.forward")
+        if rew.shape != (batch_size,):  # the message is built only when it fails
+            _check_reward_shape(rew, batch_size, f"{type(self).__name__}.forward")
         return rew
 
     def predict(
