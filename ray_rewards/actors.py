@@ -522,7 +522,32 @@ def _as_batch(x: Any) -> np.ndarray | None:
     return np.asarray(x)
 
 
-class RewardActor:
+class _RewardClient:
+    """Blocking calls for served rewards, on top of a subclass's ``submit(obs, actions,
+    next_obs, dones, **kwargs) -> PendingRewards``.
+    """
+
+    def predict_processed(
+        self,
+        obs: Any,
+        actions: Any,
+        next_obs: Any | None = None,
+        dones: Any | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """Processed rewards of shape ``(B,)`` for numpy ``obs``, ``actions``,
+        ``next_obs``, ``dones`` (the net's ``predict_processed``, served).
+        """
+        return self.submit(obs, actions, next_obs, dones, **kwargs).result()
+
+    def __call__(
+        self, obs: Any, actions: Any, next_obs: Any | None, dones: Any | None
+    ) -> np.ndarray:
+        """A ``RewardFn``: frozen-statistics rewards, for RewardVecEnvWrapper and friends."""
+        return self.predict_processed(obs, actions, next_obs, dones)
+
+
+class RewardActor(_RewardClient):
     """Client of one reward net served by a Ray actor (see the module docstring).
 
     Picklable: hand it to env runners or tasks and they call the same actor.
@@ -614,25 +639,6 @@ class RewardActor:
         ref = self.handle.predict_processed.remote(request_id, *arrays, kwargs)
         return PendingRewards(ref, request_id, rows)
 
-    def predict_processed(
-        self,
-        obs: Any,
-        actions: Any,
-        next_obs: Any | None = None,
-        dones: Any | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """Processed rewards of shape ``(B,)`` for numpy ``obs``, ``actions``,
-        ``next_obs``, ``dones`` (the net's ``predict_processed``, served).
-        """
-        return self.submit(obs, actions, next_obs, dones, **kwargs).result()
-
-    def __call__(
-        self, obs: Any, actions: Any, next_obs: Any | None, dones: Any | None
-    ) -> np.ndarray:
-        """A ``RewardFn``: frozen-statistics rewards, for RewardVecEnvWrapper and friends."""
-        return self.predict_processed(obs, actions, next_obs, dones)
-
     def norm_moments(self) -> dict[str, Moments]:
         """The served net's normalization statistics, by layer name."""
         return ray.get(self.handle.norm_moments.remote())
@@ -656,7 +662,7 @@ class RewardActor:
         return ray.get(self.handle.serving_stats.remote())
 
 
-class RewardActorPool:
+class RewardActorPool(_RewardClient):
     """Several :class:`RewardActor` replicas of one net behind one object.
 
     Requests go round-robin to the replicas (each coalesces its own). When the
@@ -712,23 +718,6 @@ class RewardActorPool:
         """As :meth:`RewardActor.submit`, on the next replica in turn."""
         replica = self.replicas[next(self._turn) % len(self.replicas)]
         return replica.submit(obs, actions, next_obs, dones, **kwargs)
-
-    def predict_processed(
-        self,
-        obs: Any,
-        actions: Any,
-        next_obs: Any | None = None,
-        dones: Any | None = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
-        """As :meth:`RewardActor.predict_processed`, on the next replica in turn."""
-        return self.submit(obs, actions, next_obs, dones, **kwargs).result()
-
-    def __call__(
-        self, obs: Any, actions: Any, next_obs: Any | None, dones: Any | None
-    ) -> np.ndarray:
-        """A ``RewardFn`` with frozen statistics."""
-        return self.predict_processed(obs, actions, next_obs, dones)
 
     def sync_norm_stats(self) -> dict[str, Moments]:
         """Merge every replica's statistics into one and give it to all; returns it."""

@@ -79,5 +79,10 @@ def test_env_runner_mode_keeps_reporting_env_returns(ray_session, num_env_runner
 
 
 def test_env_runner_mode_refuses_bad_input():
+    space = gym.make("Pendulum-v1").action_space
     with pytest.raises(TypeError, match="RewardActor"):
-        RelabelOnEnvRunner(object(), gym.make("Pendulum-v1").action_space)
+        RelabelOnEnvRunner(object(), space)
+    with pytest.raises(ValueError, match="RelabelOnEnvRunner: mode must be one of"):
+        RelabelOnEnvRunner(object(), space, mode="multiply")
+    with pytest.raises(ValueError, match="RelabelOnEnvRunner: coef must be finite, got nan"):
+        RelabelOnEnvRunner(object(), space, coef=float("nan"))

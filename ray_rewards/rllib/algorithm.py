@@ -42,8 +42,7 @@ class LearnedRewardAlgorithm:
         super().setup(config)  # type: ignore[misc]
         reward_state = state_of(self)  # type: ignore[arg-type]
         reward_state.check(self)  # type: ignore[arg-type]
-        reward_state.relabel_batches_off_policy(self)  # type: ignore[arg-type]
-        reward_state.protect_env_runner_episodes(self)  # type: ignore[arg-type]
+        reward_state.place_pieces(self)  # type: ignore[arg-type]
 
     def save_to_path(
         self,

@@ -26,8 +26,8 @@ from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
 
 from ray_rewards.rllib.relabel_connector import (
     LEARNED_REWARD,
-    MODES,
     Mode,
+    check_mode_and_coef,
     detach_rewards,
     episode_transitions,
     write_rewards,
@@ -59,8 +59,7 @@ class RelabelOnEnvRunner:
         normalize_actions: bool = False,
         clip_actions: bool = False,
     ):
-        if mode not in MODES:
-            raise ValueError(f"RelabelOnEnvRunner: mode must be one of {MODES}, got {mode!r}")
+        self.coef = check_mode_and_coef(mode, coef, "RelabelOnEnvRunner")
         if not callable(getattr(reward_actor, "predict_processed", None)):
             raise TypeError(
                 "RelabelOnEnvRunner: expected a RewardActor or RewardActorPool, got "
@@ -69,7 +68,6 @@ class RelabelOnEnvRunner:
         self.reward_actor = reward_actor
         self.action_struct = get_base_struct_from_space(action_space)
         self.mode = mode
-        self.coef = float(coef)
         self.update_stats = bool(update_stats)
         self.normalize_actions = bool(normalize_actions)
         self.clip_actions = bool(clip_actions)

@@ -147,11 +147,7 @@ class RelabelRewards(ConnectorV2):
             raise TypeError(
                 f"RelabelRewards: expected a ray_rewards RewardNet, got {type(reward_net).__name__}"
             )
-        if mode not in MODES:
-            raise ValueError(f"RelabelRewards: mode must be one of {MODES}, got {mode!r}")
-        coef = float(coef)
-        if not np.isfinite(coef):
-            raise ValueError(f"RelabelRewards: coef must be finite, got {coef}")
+        coef = check_mode_and_coef(mode, coef, "RelabelRewards")
         normalized = any(isinstance(m, NormalizedRewardNet) for m in reward_net.modules())
         if update_stats and not normalized:
             raise ValueError(
@@ -372,6 +368,18 @@ def env_actions(
     if clip_actions:
         return clip_action(action, action_struct)
     return action
+
+
+def check_mode_and_coef(mode: str, coef: float, who: str) -> float:
+    """``coef`` as a float after checking both relabeling options; ValueError naming
+    ``who``, what was expected and what came.
+    """
+    if mode not in MODES:
+        raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
+    coef = float(coef)
+    if not np.isfinite(coef):
+        raise ValueError(f"{who}: coef must be finite, got {coef}")
+    return coef
 
 
 def detach_rewards(episodes: list[Any]) -> None:

@@ -77,51 +77,50 @@ class LearnedRewardState:
                     f"match the environment's {env_space}"
                 )
 
-    def relabel_batches_off_policy(self, algorithm: Algorithm) -> None:
-        """Off-policy learners (whose pipeline adds NEXT_OBS): move each RelabelRewards
-        to just before NumpyToTensor and let it relabel the train batch
-        (``from_batch``): replay samples are hundreds of one-step episodes, and
-        per-episode work would cost more than the net. Not with recurrent modules, nor
-        when the config's own learner pieces follow the relabeling (they may change
-        episode rewards, which a later relabeling would overwrite).
+    def place_pieces(self, algorithm: Algorithm) -> None:
+        """Set up every learner's RelabelRewards for where its episodes come from.
+
+        One pass over the learners:
+
+        - Off-policy learners (whose pipeline adds NEXT_OBS): the piece moves to just
+          before NumpyToTensor and relabels the train batch (``from_batch``): replay
+          samples are hundreds of one-step episodes, and per-episode work would cost
+          more than the net. Not with recurrent modules, nor when the config's own
+          learner pieces follow the relabeling (they may change episode rewards,
+          which a later relabeling would overwrite).
+        - Otherwise, where the learner shares its process with the sampling env runner
+          (local learner, no remote env runners): the piece relabels copies
+          (``copy_episodes``), since that env runner sums the rewards of the chunks
+          it returned into its episode-return metrics.
         """
-        if self.connector.previous is not None:
-            return
+        runners = getattr(algorithm, "env_runner_group", None)
+        shares_episodes = algorithm.learner_group.is_local and (
+            runners is None or runners.num_remote_env_runners() == 0
+        )
+        may_move = self.connector.previous is None
 
         def on_learner(learner: Any) -> None:
             pipeline = getattr(learner, "_learner_connector", None)
-            if pipeline is None:
+            pieces = find_relabel_pieces(pipeline)
+            if not pieces:
                 return
             kinds = tuple(type(c) for c in pipeline.connectors)
             module = learner.module
             modules = module.values() if isinstance(module, MultiRLModule) else [module]
-            if not (
-                AddNextObservationsFromEpisodesToTrainBatch in kinds
+            batch_mode = (
+                may_move
+                and AddNextObservationsFromEpisodesToTrainBatch in kinds
                 and BatchIndividualItems in kinds
                 and NumpyToTensor in kinds
-            ) or any(m.is_stateful() for m in modules):
-                return
-            for piece in find_relabel_pieces(pipeline):
-                pipeline.connectors.remove(piece)
-                pipeline.insert_before(NumpyToTensor, piece)
-                piece.from_batch = True
-
-        _foreach_learner(algorithm, on_learner)
-
-    def protect_env_runner_episodes(self, algorithm: Algorithm) -> None:
-        """Relabel copies where the learner shares its process with the sampling env
-        runner (local learner, no remote env runners): that env runner sums the
-        rewards of the chunks it returned into its episode-return metrics.
-        """
-        runners = getattr(algorithm, "env_runner_group", None)
-        if not algorithm.learner_group.is_local or (
-            runners is not None and runners.num_remote_env_runners() > 0
-        ):
-            return
-
-        def on_learner(learner: Any) -> None:
-            for piece in find_relabel_pieces(getattr(learner, "_learner_connector", None)):
-                piece.copy_episodes = True
+                and not any(m.is_stateful() for m in modules)
+            )
+            for piece in pieces:
+                if batch_mode:
+                    pipeline.connectors.remove(piece)
+                    pipeline.insert_before(NumpyToTensor, piece)
+                    piece.from_batch = True
+                elif shares_episodes:
+                    piece.copy_episodes = True
 
         _foreach_learner(algorithm, on_learner)
 
