@@ -82,10 +82,32 @@ def walk_modules(module: nn.Module) -> list[nn.Module]:
 _MODULE_TRAIN = nn.Module.train
 
 MODE_FREE_MODULES: set[type[nn.Module]] = {
-    nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding, nn.LayerNorm,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
+    nn.Sequential,
+    nn.ModuleList,
+    nn.ModuleDict,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
     nn.Softplus,
 }
 """Exact classes (not subclasses) whose ``forward`` never reads ``training``.
@@ -326,8 +348,7 @@ def set_norm_moments(module: nn.Module, moments: dict[str, Moments]) -> None:
     norms = {name: m for name, m in module.named_modules() if isinstance(m, BaseNorm)}
     if set(norms) != set(moments):
         raise KeyError(
-            f"set_norm_moments: expected moments for layers {sorted(norms)}, "
-            f"got {sorted(moments)}"
+            f"set_norm_moments: expected moments for layers {sorted(norms)}, got {sorted(moments)}"
         )
     for name, norm in norms.items():
         if not isinstance(norm, RunningNorm):
@@ -347,6 +368,90 @@ def merge_norm_updates(
         name: Moments.merge_updates(base_m, [u[name] for u in updated])
         for name, base_m in base.items()
     }
+
+
+def require_mergeable(module: nn.Module, what: str, error: type[Exception] = TypeError) -> None:
+    """Raise ``error`` (naming ``what`` and the layer) unless every normalization layer
+    of ``module`` is a RunningNorm: the only statistics that merge across copies.
+    """
+    for name, layer in module.named_modules():
+        if isinstance(layer, BaseNorm) and not isinstance(layer, RunningNorm):
+            raise error(
+                f"{what}: layer {name!r} is a {type(layer).__name__}, whose statistics cannot "
+                "be merged across copies of a net; use RunningNorm"
+            )
+
+
+class NormSync:
+    """Keeps one copy of a net's normalization statistics in step with its other copies.
+
+    Each copy (a learner's connector piece, an actor replica, a relabeling worker)
+    holds a NormSync. A merge round is two calls: :meth:`report` gives the moments
+    this copy added since the last merge; whoever merges combines the base with
+    every copy's report (``Moments.merge_all``) and hands the result to each copy's
+    :meth:`absorb`, which keeps what arrived between report and absorb. Merging is
+    exact: the merged moments are what one RunningNorm would hold after seeing every
+    copy's data. Layers other than RunningNorm may be present as long as their
+    statistics never change (TypeError when they did).
+    """
+
+    def __init__(self, module: nn.Module):
+        """Start in step with ``module``'s current statistics."""
+        self.module = module
+        self.reset()
+
+    def reset(self) -> None:
+        """Take the current statistics as merged (after a load or an explicit set)."""
+        self._synced = norm_moments(self.module)
+        self._reported: dict[str, Moments] | None = None
+
+    @property
+    def has_report(self) -> bool:
+        """Whether :meth:`report` was called since the last merge."""
+        return self._reported is not None
+
+    @property
+    def synced(self) -> dict[str, Moments]:
+        """The statistics as of the last merge."""
+        return dict(self._synced)
+
+    def report(self) -> dict[str, Moments]:
+        """Per normalization layer, the moments of the data added since the last merge."""
+        current = norm_moments(self.module)
+        layers = dict(self.module.named_modules())
+        delta = {}
+        for name, now in current.items():
+            base = self._synced[name]
+            if now.count == base.count:
+                delta[name] = Moments.empty(base.mean.shape)
+                continue
+            if not isinstance(layers[name], RunningNorm):
+                raise TypeError(
+                    f"layer {name!r} is {type(layers[name]).__name__} and its statistics "
+                    "changed; only RunningNorm statistics merge across copies of a net"
+                )
+            delta[name] = now.subtract(base)
+        self._reported = current
+        return delta
+
+    def absorb(self, merged: dict[str, Moments]) -> None:
+        """Adopt the statistics merged over all copies, plus what arrived since :meth:`report`.
+
+        Without a report since the last merge, everything this copy added since then
+        is kept on top of ``merged``.
+        """
+        current = norm_moments(self.module)
+        since = self._synced if self._reported is None else self._reported
+        for name, layer in self.module.named_modules():
+            if isinstance(layer, RunningNorm):
+                layer.set_moments(merged[name].merge(current[name].subtract(since[name])))
+            elif isinstance(layer, BaseNorm) and not current[name].allclose(merged[name]):
+                raise TypeError(
+                    f"layer {name!r} is {type(layer).__name__}; only RunningNorm statistics "
+                    "merge across copies of a net"
+                )
+        self._synced = dict(merged)
+        self._reported = None
 
 
 def build_mlp(
@@ -438,7 +543,9 @@ __all__ = [
     "MODE_FREE_MODULES",
     "SqueezeLayer",
     "build_cnn",
+    "NormSync",
     "merge_norm_updates",
+    "require_mergeable",
     "norm_moments",
     "set_norm_moments",
     "walk_modules",

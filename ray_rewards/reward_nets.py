@@ -24,7 +24,7 @@ import torch as th
 from gymnasium import spaces
 from torch import nn
 
-from ray_rewards import networks, preprocessing
+from ray_rewards import _spaces, networks, preprocessing
 
 Tensors = tuple[th.Tensor, th.Tensor, th.Tensor | None, th.Tensor | None]
 
@@ -103,23 +103,43 @@ class RewardNet(nn.Module, abc.ABC):
         batch_size = _batch_size(state)
         device, dtype = self._device_dtype()
         state_th = preprocessing.preprocess_space(
-            state, self.observation_space, name="state", batch_size=batch_size,
-            device=device, dtype=dtype, normalize_images=self.normalize_images,
+            state,
+            self.observation_space,
+            name="state",
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            normalize_images=self.normalize_images,
         )
         action_th = preprocessing.preprocess_space(
-            action, self.action_space, name="action", batch_size=batch_size,
-            device=device, dtype=dtype, normalize_images=False,
+            action,
+            self.action_space,
+            name="action",
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            normalize_images=False,
         )
         next_state_th = done_th = None
         if next_state is not None:
             next_state_th = preprocessing.preprocess_space(
-                next_state, self.observation_space, name="next_state", batch_size=batch_size,
-                device=device, dtype=dtype, normalize_images=self.normalize_images,
+                next_state,
+                self.observation_space,
+                name="next_state",
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                normalize_images=self.normalize_images,
             )
         if done is not None:
             done_th = preprocessing.preprocess_space(
-                done, _DONE_SPACE, name="done", batch_size=batch_size,
-                device=device, dtype=dtype, normalize_images=False,
+                done,
+                _DONE_SPACE,
+                name="done",
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+                normalize_images=False,
             )
         return state_th, action_th, next_state_th, done_th
 
@@ -202,15 +222,11 @@ class RewardNet(nn.Module, abc.ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle state with gymnasium spaces as plain data, so ``th.load`` needs no numpy."""
-        from ray_rewards import serialize
-
-        return serialize.encode_spaces(super().__getstate__())
+        return _spaces.encode_spaces(super().__getstate__())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore pickled state, rebuilding the spaces (see ``ray_rewards.serialize``)."""
-        from ray_rewards import serialize
-
-        super().__setstate__(serialize.decode_spaces(state))
+        """Restore pickled state, rebuilding the spaces (see ``ray_rewards._spaces``)."""
+        super().__setstate__(_spaces.decode_spaces(state))
 
 
 _DONE_SPACE = spaces.Box(0.0, 1.0, shape=())
@@ -350,8 +366,9 @@ class BasicRewardNet(RewardNet):
             + use_done
         )
         mlp_kwargs = {"hid_sizes": (32, 32), **kwargs}
-        self.mlp = networks.build_mlp(in_size=in_size, out_size=1, squeeze_output=True,
-                                      **mlp_kwargs)
+        self.mlp = networks.build_mlp(
+            in_size=in_size, out_size=1, squeeze_output=True, **mlp_kwargs
+        )
 
     def forward(
         self,
@@ -419,9 +436,7 @@ class CNNRewardNet(RewardNet):
             raise ValueError("CNNRewardNet: needs use_state or use_next_state")
         channels = _image_channels(observation_space, hwc_format, "CNNRewardNet")
         if use_action and not isinstance(action_space, spaces.Discrete):
-            raise ValueError(
-                f"CNNRewardNet: expected a Discrete action space, got {action_space}"
-            )
+            raise ValueError(f"CNNRewardNet: expected a Discrete action space, got {action_space}")
         self.use_state = use_state
         self.use_action = use_action
         self.use_next_state = use_next_state
@@ -750,7 +765,16 @@ class AddSTDRewardWrapper(PredictProcessedWrapper):
 
 
 # Library nets whose forward ignores their own mode (their submodules are walked anyway).
-networks.MODE_FREE_MODULES.update({
-    BasicRewardNet, CNNRewardNet, ShapedRewardNet, BasicShapedRewardNet, BasicPotentialMLP,
-    BasicPotentialCNN, NormalizedRewardNet, RewardEnsemble, AddSTDRewardWrapper,
-})
+networks.MODE_FREE_MODULES.update(
+    {
+        BasicRewardNet,
+        CNNRewardNet,
+        ShapedRewardNet,
+        BasicShapedRewardNet,
+        BasicPotentialMLP,
+        BasicPotentialCNN,
+        NormalizedRewardNet,
+        RewardEnsemble,
+        AddSTDRewardWrapper,
+    }
+)

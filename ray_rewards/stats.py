@@ -108,8 +108,9 @@ class Moments:
             return self
         if self.count == 0:
             return other
-        return Moments(*chan_merge(self.count, self.mean, self.var, other.count, other.mean,
-                                   other.var))
+        return Moments(
+            *chan_merge(self.count, self.mean, self.var, other.count, other.mean, other.var)
+        )
 
     def subtract(self, other: Moments) -> Moments:
         """Moments of the data in ``self`` that is not in ``other`` (inverse of merge).

@@ -64,7 +64,11 @@ LEARNED_REWARD = "learned_reward"
 
 # What from_batch reads from each module's train batch.
 _BATCH_COLUMNS = (
-    Columns.OBS, Columns.ACTIONS, Columns.NEXT_OBS, Columns.TERMINATEDS, Columns.REWARDS
+    Columns.OBS,
+    Columns.ACTIONS,
+    Columns.NEXT_OBS,
+    Columns.TERMINATEDS,
+    Columns.REWARDS,
 )
 
 # Set by RLlib's AddOneTsToEpisodesAndTruncate once it has appended the artificial
@@ -227,8 +231,12 @@ class RelabelRewards(ConnectorV2):
                 continue
             learned = self._predict(
                 columns[Columns.OBS],
-                env_actions(columns[Columns.ACTIONS], self._action_struct,
-                            self.normalize_actions, self.clip_actions),
+                env_actions(
+                    columns[Columns.ACTIONS],
+                    self._action_struct,
+                    self.normalize_actions,
+                    self.clip_actions,
+                ),
                 columns[Columns.NEXT_OBS],
                 np.asarray(columns[Columns.TERMINATEDS], dtype=np.float32),
             )

@@ -1,0 +1,295 @@
+"""The saved-net file format: ``th.save`` of the net, loaded only through an allowlist.
+
+Safety. A pickle can run arbitrary code, so every load goes through torch's
+``weights_only=True`` unpickler, which imports nothing but an allowlist. At
+``import ray_rewards`` this module adds exactly what a library net needs to that
+allowlist (:func:`torch.serialization.add_safe_globals`): the ``nn.Module``
+classes of :mod:`ray_rewards.reward_nets` and :mod:`ray_rewards.networks`, the
+torch layers ``build_mlp``/``build_cnn`` create, and torch's activation modules
+(what users pass as ``activation``). Only classes go on the list, never
+functions, and a class is only instantiated with ``__new__`` and given its saved
+attributes. So after ``import ray_rewards`` a plain ``th.save(net, path)`` /
+``th.load(path)`` round-trips any library net, and a file that asks for anything
+else (``os.system``, ``eval``, a class nobody registered) is refused.
+
+Gymnasium spaces are saved as plain data (:mod:`ray_rewards._spaces`).
+
+A user's own RewardNet subclass (or layer) goes on the allowlist explicitly with
+:func:`register_safe_class`; :func:`save` refuses early, naming the class, when
+one is missing, so a file that cannot be loaded safely is never written.
+
+Nets cross process boundaries as these bytes (:func:`to_bytes` /
+:func:`from_bytes`), never as pickled modules.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from typing import Any, TypeVar
+
+import pyarrow.fs as pafs
+import torch as th
+from torch import nn
+
+from ray_rewards import networks, reward_nets, storage
+from ray_rewards.storage import PathLike
+
+# --------------------------------------------------------------------------------------
+# The allowlist
+# --------------------------------------------------------------------------------------
+
+ModuleT = TypeVar("ModuleT", bound=type[nn.Module])
+
+_SAFE_CLASSES: set[type] = set()
+
+# Layers build_mlp/build_cnn create plus the containers nets are made of.
+_TORCH_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Sequential,
+    nn.ModuleList,
+    nn.ModuleDict,
+    nn.Linear,
+    nn.Conv2d,
+    nn.Flatten,
+    nn.AdaptiveAvgPool2d,
+    nn.Dropout,
+    nn.Identity,
+)
+
+
+def register_safe_class(cls: ModuleT) -> ModuleT:
+    """Allow saved nets to contain instances of ``cls`` (use as a class decorator).
+
+    ``cls`` must be an ``nn.Module`` subclass defined at module level (importable as
+    ``module.qualname``). Loading only creates instances with ``cls.__new__`` and
+    restores their attributes with ``__setstate__`` (``nn.Module``'s stores them), so
+    register only classes whose ``__new__``/``__setstate__`` do nothing more than
+    that. Functions and non-module classes are refused: they are what makes a pickle
+    dangerous.
+
+    Example::
+
+        @ray_rewards.serialize.register_safe_class
+        class MyRewardNet(RewardNet):
+            ...
+
+    Raises:
+        TypeError: ``cls`` is not an ``nn.Module`` subclass, or is a local class.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(
+            "register_safe_class: expected a torch.nn.Module subclass (e.g. your RewardNet "
+            f"subclass), got {cls!r}; functions and other classes are never allowlisted"
+        )
+    if "<locals>" in cls.__qualname__:
+        raise TypeError(
+            f"register_safe_class: {cls.__qualname__} is defined inside a function, so "
+            "pickle cannot import it; define it at module level"
+        )
+    if cls not in _SAFE_CLASSES:
+        _SAFE_CLASSES.add(cls)
+        th.serialization.add_safe_globals([cls])
+    return cls
+
+
+def safe_classes() -> frozenset[type]:
+    """The classes saved nets may contain: the library's and those registered since."""
+    return frozenset(_SAFE_CLASSES)
+
+
+def _module_classes(module: Any) -> list[type[nn.Module]]:
+    return [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__
+    ]
+
+
+def _activation_classes() -> list[type[nn.Module]]:
+    act = nn.modules.activation
+    classes = (getattr(act, name) for name in act.__all__)
+    # MultiheadAttention is a layer with parts of its own, not an activation.
+    return [c for c in classes if issubclass(c, nn.Module) and c is not nn.MultiheadAttention]
+
+
+for _cls in (
+    *_module_classes(reward_nets),
+    *_module_classes(networks),
+    *_TORCH_LAYERS,
+    *_activation_classes(),
+):
+    register_safe_class(_cls)
+
+
+# --------------------------------------------------------------------------------------
+# save / load
+# --------------------------------------------------------------------------------------
+
+
+class UnsafeRewardFileError(pickle.UnpicklingError):
+    """A file asked to import something outside the allowlist; nothing was run."""
+
+
+def _unsafe_contents(net: nn.Module, data: bytes) -> str | None:
+    """Why ``data`` (``th.save`` of ``net``) would not load safely, or None if it would."""
+    refused = sorted(th.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+    if not refused:
+        return None
+    classes = sorted(
+        {f"{t.__module__}.{t.__qualname__}" for t in map(type, net.modules())} & set(refused)
+    )
+    others = [r for r in refused if r not in classes]
+    parts = []
+    if classes:
+        parts.append(
+            f"unregistered class(es) {', '.join(classes)}: register each with "
+            "ray_rewards.serialize.register_safe_class (e.g. as a decorator on the class)"
+        )
+    if others:
+        parts.append(
+            f"attribute values of type(s) {', '.join(others)}, which are not on the "
+            "allowlist: keep such data in tensors, buffers or plain Python values "
+            "(gymnasium spaces only as attributes of a RewardNet)"
+        )
+    return "; ".join(parts)
+
+
+def to_bytes(net: reward_nets.RewardNet) -> bytes:
+    """The bytes of ``net`` in the saved format (what :func:`save` writes).
+
+    Raises TypeError for a non-RewardNet, or one that could not be loaded safely
+    (naming the unregistered classes or attribute types).
+    """
+    if not isinstance(net, reward_nets.RewardNet):
+        raise TypeError(f"save: expected a RewardNet, got {type(net).__name__}")
+    buf = io.BytesIO()
+    th.save(net, buf)
+    data = buf.getvalue()
+    problem = _unsafe_contents(net, data)
+    if problem is not None:
+        raise TypeError(f"save: {type(net).__name__} could not be loaded safely: {problem}")
+    return data
+
+
+def save(
+    net: reward_nets.RewardNet,
+    path: PathLike,
+    *,
+    filesystem: pafs.FileSystem | None = None,
+) -> None:
+    """Save ``net`` (wrappers and normalization statistics included), atomically.
+
+    Args:
+        net: the reward net.
+        path: a local path, or a URI ``pyarrow.fs.FileSystem.from_uri`` understands
+            (``file://``, ``s3://``, ``gs://``, ``hdfs://``...); parent directories are
+            created.
+        filesystem: a pyarrow filesystem ``path`` lives in (e.g. with credentials);
+            overrides URI parsing.
+
+    The file is ``th.save(net)``, so a plain ``th.load`` reads it too. The net is
+    serialized in memory and checked first: a net holding an unregistered class
+    raises TypeError naming it and nothing is written. A local file is written to a
+    temporary name in the same directory, fsync'ed and renamed over ``path``, so a
+    crash never leaves a partial file under ``path``.
+    """
+    storage.write_bytes(path, to_bytes(net), filesystem=filesystem)
+
+
+def _map_location(device: str | th.device | None) -> str | th.device | None:
+    if device is not None:
+        return th.device(device)
+    # None: where it was saved, unless that was a GPU this machine does not have.
+    return None if th.cuda.is_available() else "cpu"
+
+
+def _check_crcs(data: bytes) -> None:
+    """Verify the CRC32 of every record of a ``th.save`` zip archive.
+
+    ``th.load`` does not check them, so a file with damaged bytes in a tensor would
+    load with wrong weights. Records saved without a CRC (torch's
+    ``compute_crc32=False``) are skipped; non-zip (legacy) files are left to torch.
+    """
+    buf = io.BytesIO(data)
+    if not zipfile.is_zipfile(buf):
+        return
+    with zipfile.ZipFile(buf) as archive:
+        for info in archive.infolist():
+            if info.CRC:
+                archive.read(info)  # raises BadZipFile on a CRC mismatch
+
+
+def _corrupt(source: str, err: Exception) -> ValueError:
+    return ValueError(
+        f"{source}: not a readable torch.save file (truncated or corrupt?): "
+        f"{type(err).__name__}: {err}"
+    )
+
+
+def _refusal(source: str, data: bytes, err: Exception) -> Exception:
+    """The error to raise when torch's safe unpickler rejected ``data``."""
+    try:
+        refused = sorted(th.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+    except Exception:  # noqa: BLE001 - not even a readable checkpoint: corrupt
+        refused = []
+    if not refused:
+        return _corrupt(source, err)
+    return UnsafeRewardFileError(
+        f"refused to load {source}: it asks to import {', '.join(refused)}, which "
+        f"{'is' if len(refused) == 1 else 'are'} not on ray_rewards' allowlist. A pickle "
+        "can run arbitrary code, so loading a reward net never imports anything outside "
+        "the allowlist (torch weights_only=True) and nothing from this file was run. If "
+        "the file holds your own RewardNet subclass or layer, import it and register it "
+        "with ray_rewards.serialize.register_safe_class before loading; never allowlist "
+        "functions."
+    )
+
+
+def load(
+    path: PathLike,
+    device: str | th.device | None = None,
+    *,
+    filesystem: pafs.FileSystem | None = None,
+) -> reward_nets.RewardNet:
+    """Load a reward net saved by :func:`save` or ``th.save``, safely.
+
+    Args:
+        path: local path or URI (see :func:`save`).
+        device: where to put the net; None keeps the device it was saved from,
+            falling back to CPU on a machine without CUDA.
+        filesystem: optional pyarrow filesystem ``path`` lives in.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        UnsafeRewardFileError: the file asks for a global outside the allowlist
+            (a ``pickle.UnpicklingError``); nothing from it was run.
+        ValueError: a truncated or corrupt file, or one that is not from ``th.save``.
+        TypeError: a readable file that does not hold a RewardNet.
+    """
+    data = storage.read_bytes(path, filesystem=filesystem, what="saved reward net")
+    return from_bytes(data, device, source=str(path))
+
+
+def from_bytes(
+    data: bytes, device: str | th.device | None = None, *, source: str = "<bytes>"
+) -> reward_nets.RewardNet:
+    """The net in ``data`` (as :func:`to_bytes` makes), loaded safely like :func:`load`.
+
+    ``source`` names the data in error messages.
+    """
+    try:
+        _check_crcs(data)
+        obj = th.load(io.BytesIO(data), map_location=_map_location(device), weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise _refusal(source, data, err) from err
+    except Exception as err:  # noqa: BLE001 - any other unpickling failure: a bad file
+        raise _corrupt(source, err) from err
+    if not isinstance(obj, reward_nets.RewardNet):
+        hint = (
+            " (a state_dict? load it into a net with load_state_dict)"
+            if isinstance(obj, dict)
+            else ""
+        )
+        raise TypeError(f"{source}: expected a saved RewardNet, found {type(obj).__name__}{hint}")
+    return obj
