@@ -1,0 +1,59 @@
+"""Every place ray_rewards touches RLlib internals, in one module.
+
+RLlib offers no public way to read a config's learner connector, a learner's
+built connector pipeline, an algorithm's aggregator actors, or the key aliases
+``AlgorithmConfig.update_from_dict`` accepts. We use its private attributes for
+those, here only, so a Ray upgrade has one file to check (the package pins Ray's
+minor version for that reason; see ``pyproject.toml``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# A key RLlib's AddOneTsToEpisodesAndTruncate puts in the connector pipeline's
+# shared_data when it appended the artificial bootstrap step to every episode.
+BOOTSTRAP_STEP_ADDED = "_added_loss_mask_for_valid_episode_ts"
+
+
+def config_learner_connector(config: Any) -> Any:
+    """The learner-connector factory set on an ``AlgorithmConfig`` (None when unset)."""
+    return getattr(config, "_learner_connector", None)
+
+
+def learner_pipeline(learner: Any) -> Any:
+    """A Learner's (or aggregator actor's) built learner-connector pipeline, or None."""
+    return getattr(learner, "_learner_connector", None)
+
+
+def aggregator_actors(algorithm: Any) -> Any:
+    """The algorithm's aggregator-actor manager (None when it runs none)."""
+    return getattr(algorithm, "_aggregator_actor_manager", None)
+
+
+def config_attribute(config: Any, key: str) -> str:
+    """The ``AlgorithmConfig`` attribute a settings key (alias included) sets."""
+    return config._translate_special_keys(key, warn_deprecated=False)
+
+
+def algorithm_class(name: str) -> type:
+    """The RLlib Algorithm class registered as ``name`` (e.g. ``"PPO"``).
+
+    Imports that one algorithm: ``ray.tune.registry.get_trainable_cls`` would import
+    every RLlib algorithm (DreamerV3's needs Pillow, which a plain install lacks).
+    Names registered with Tune (``ray.tune.register_trainable``) work too.
+
+    Raises:
+        ValueError: no algorithm of that name (the message lists RLlib's).
+    """
+    from ray.rllib.algorithms.registry import ALGORITHMS
+    from ray.tune.registry import TRAINABLE_CLASS, _global_registry
+
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]()[0]
+    if _global_registry.contains(TRAINABLE_CLASS, name):
+        return _global_registry.get(TRAINABLE_CLASS, name)
+    raise ValueError(
+        f"unknown RLlib algorithm {name!r}; expected one of {', '.join(sorted(ALGORITHMS))} "
+        "or a name registered with ray.tune.register_trainable"
+    )
