@@ -12,6 +12,7 @@ import numpy as np
 import torch as th
 from torch import nn
 
+from ray_rewards import preprocessing
 from ray_rewards.stats import Moments, chan_merge, column_moments
 
 
@@ -192,7 +193,30 @@ class BaseNorm(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
-        """Update the running statistics with ``batch`` of shape ``(B, num_features)``."""
+        """Update the running statistics with ``batch`` of shape ``(B, num_features)``.
+
+        Raises ValueError, changing nothing, when the batch holds NaN or inf (or values
+        whose moments overflow): one bad sample would poison the statistics for good.
+        """
+
+    def _finite_moments(self, batch: th.Tensor | np.ndarray) -> Moments:
+        """The moments of a checked batch; ValueError naming the rows if not finite."""
+        batch_m = _batch_moments(self._check_batch(batch))
+        if not (np.isfinite(batch_m.mean).all() and np.isfinite(batch_m.var).all()):
+            raise self._non_finite(batch)
+        return batch_m
+
+    def _non_finite(self, batch: th.Tensor | np.ndarray) -> ValueError:
+        rows = preprocessing.non_finite_rows(self._check_batch(batch))
+        where = (
+            f"NaN or inf at rows {preprocessing.format_rows(rows)}"
+            if rows
+            else "values whose moments overflow"
+        )
+        return ValueError(
+            f"{type(self).__name__}.update_stats: expected finite values, got {where} of "
+            f"{batch.shape[0]}; the statistics were left unchanged"
+        )
 
     def moments(self) -> Moments:
         """The statistics as float64 numpy :class:`~ray_rewards.stats.Moments`."""
@@ -260,13 +284,16 @@ class RunningNorm(BaseNorm):
                 self._check_batch(batch)  # raises
             # Hot path (a reward per step): the column's moments merged as Python floats
             # straight into numpy views of the buffers.
+            n, batch_mean, batch_var = column_moments(batch)
+            if not (math.isfinite(batch_mean) and math.isfinite(batch_var)):
+                raise self._non_finite(batch)
             mean, var = bufs["running_mean"].numpy(), bufs["running_var"].numpy()
             count = bufs["count"].numpy()
             count[()], mean[0], var[0] = chan_merge(
-                count.item(), mean.item(), var.item(), *column_moments(batch)
+                count.item(), mean.item(), var.item(), n, batch_mean, batch_var
             )
             return
-        batch_m = _batch_moments(self._check_batch(batch))
+        batch_m = self._finite_moments(batch)
         if not batch_m.count:
             return
         if not on_cpu:
@@ -313,7 +340,7 @@ class EMANorm(BaseNorm):
 
     def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
         """Move the statistics towards those of ``batch``."""
-        batch_m = _batch_moments(self._check_batch(batch))
+        batch_m = self._finite_moments(batch)
         if batch_m.count == 0:
             return
         k = int(self.num_batches)

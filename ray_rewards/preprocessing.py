@@ -66,15 +66,41 @@ def all_finite(x: np.ndarray | th.Tensor) -> bool:
 
 
 def _as_array(x: Any, name: str) -> Any:
-    if isinstance(x, (th.Tensor, np.ndarray)):
+    """``x`` as a real-valued numpy array or tensor; ValueError naming ``name`` otherwise."""
+    if isinstance(x, th.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{name}: expected a real-valued array, got a {x.dtype} tensor")
         return x
-    try:
-        arr = np.asarray(x)
-    except ValueError as e:  # ragged nesting
-        raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__}: {e}") from e
+    arr = x
+    if not isinstance(x, np.ndarray):
+        try:
+            arr = np.asarray(x)
+        except ValueError as e:  # ragged nesting
+            raise ValueError(
+                f"{name}: expected a numeric array, got {type(x).__name__}: {e}"
+            ) from e
     if arr.dtype == object:
         raise ValueError(f"{name}: expected a numeric array, got {type(x).__name__} of objects")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name}: expected a real-valued numeric array, got {type(x).__name__} of "
+            f"dtype {arr.dtype}"
+        )
     return arr
+
+
+def non_finite_rows(x: np.ndarray | th.Tensor) -> list[int]:
+    """Indices of the rows of a batch that hold NaN or inf (for error messages)."""
+    if isinstance(x, th.Tensor):
+        bad = ~th.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        return bad.nonzero().flatten().tolist()
+    return np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(1)).tolist()
+
+
+def format_rows(rows: list[int], limit: int = 10) -> str:
+    """``rows`` for a message: at most ``limit`` indices, then how many more."""
+    shown = ", ".join(map(str, rows[:limit]))
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
 def _check_integral(t: th.Tensor, name: str, space: spaces.Space) -> None:
@@ -121,9 +147,9 @@ def preprocess_space(
             f"{name}: expected shape {expected} for a batch of {batch_size} from {space}, "
             f"got {tuple(x.shape)}"
         )
-    if not all_finite(x):
-        raise ValueError(f"{name}: expected finite values, got NaN or inf")
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
+        if not all_finite(x):
+            raise _non_finite(name, x)
         return _one_hot(x, space, name=name, device=device, dtype=dtype)
     t = _to_tensor(x, device)
     if isinstance(space, spaces.MultiBinary) and not bool(((t == 0) | (t == 1)).all()):
@@ -132,8 +158,22 @@ def preprocess_space(
     # The space decides, not the batch's dtype: image data that arrives as float or
     # int (a dataset column, a frame stack) is scaled alike, as stable-baselines3 does.
     if normalize_images and is_image_space(space):
-        return t.to(dtype) / 255.0
-    return t if t.dtype == dtype else t.to(dtype)
+        t = t.to(dtype) / 255.0
+    elif t.dtype != dtype:
+        t = t.to(dtype)
+    # Checked in the net's dtype: 1e300 is finite in float64 and inf in float32.
+    if not all_finite(t):
+        raise _non_finite(name, t, overflow=all_finite(x))
+    return t
+
+
+def _non_finite(name: str, x: np.ndarray | th.Tensor, overflow: bool = False) -> ValueError:
+    """The error for a batch with NaN/inf rows; ``overflow``: finite before the cast."""
+    what = f"values that overflow {x.dtype}, the net's dtype," if overflow else "NaN or inf"
+    return ValueError(
+        f"{name}: expected finite values, got {what} at rows "
+        f"{format_rows(non_finite_rows(x))} of {x.shape[0]}"
+    )
 
 
 def _to_tensor(x: Any, device: th.device) -> th.Tensor:

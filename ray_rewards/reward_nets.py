@@ -11,6 +11,10 @@ post-processes ``predict_processed`` (e.g. normalization).
 Shapes: for a batch of ``B`` transitions, ``state`` and ``next_state`` are
 ``(B, *obs_shape)`` (``(B,)`` for a Discrete space), ``action`` likewise for the
 action space, ``done`` is ``(B,)``; every reward output is ``(B,)``.
+
+Reason for its length: the module mirrors ``imitation.rewards.reward_nets``, so
+every class a user imports from there is found in one place here; each class is
+short and stands alone.
 """
 
 from __future__ import annotations
@@ -621,8 +625,21 @@ class NormalizedRewardNet(PredictProcessedWrapper):
     ) -> np.ndarray:
         """Normalize with the statistics held before this batch, then (if
         ``update_stats``) update them with this batch's raw rewards.
+
+        Raises ValueError naming the rows, with the statistics unchanged, when the
+        base's rewards are not finite; TypeError unless ``update_stats`` is a bool.
         """
+        if not isinstance(update_stats, (bool, np.bool_)):
+            raise TypeError(
+                f"predict_processed: update_stats must be True or False, got {update_stats!r}"
+            )
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
+        if not np.isfinite(rew).all():
+            raise ValueError(
+                f"{type(self).__name__}.predict_processed: the base net's rewards are NaN or "
+                f"inf at rows {preprocessing.format_rows(preprocessing.non_finite_rows(rew))} "
+                f"of {len(rew)}; the normalization statistics were left unchanged"
+            )
         norm = self.normalize_output_layer
         out = norm.normalize(rew)
         if update_stats:

@@ -453,3 +453,61 @@ def test_merge_norm_updates_missing_layer_is_named():
     partial = {"first": base["first"]}
     with pytest.raises(KeyError, match="mlp.normalize_input"):
         networks.merge_norm_updates(base, [partial])
+
+
+def _two_layer_net() -> nn.Module:
+    return nn.Sequential(RunningNorm(2), nn.Linear(2, 2), RunningNorm(1))
+
+
+def _feed(net: nn.Module, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    batches = [rng.normal(3.0, 2.0, (n, 2)), rng.normal(-1.0, 0.5, (n, 1))]
+    net[0].update_stats(th.as_tensor(batches[0]))
+    net[2].update_stats(th.as_tensor(batches[1]))
+    return batches
+
+
+def test_norm_sync_merges_copies_as_one_norm_that_saw_everything():
+    rng = np.random.default_rng(0)
+    copies = [_two_layer_net() for _ in range(3)]
+    syncs = [networks.NormSync(c) for c in copies]
+    reference = _two_layer_net()
+    seen = [_feed(c, rng, 10 + 5 * i) for i, c in enumerate(copies)]
+    reports = [s.report() for s in syncs]
+    assert all(s.has_report for s in syncs)
+    merged = {
+        name: Moments.merge_all([base, *(r[name] for r in reports)])
+        for name, base in syncs[0].synced.items()
+    }
+    # Data that arrives between the report and the merge is kept on top.
+    late = _feed(copies[1], rng, 7)
+    for s in syncs:
+        s.absorb(merged)
+    assert not any(s.has_report for s in syncs)
+    for batches in [*seen, late]:
+        reference[0].update_stats(th.as_tensor(batches[0]))
+        reference[2].update_stats(th.as_tensor(batches[1]))
+    late_copy = networks.norm_moments(copies[1])
+    want = networks.norm_moments(reference)
+    for name in want:
+        assert late_copy[name].allclose(want[name], rtol=1e-6, atol=1e-9)
+        assert networks.norm_moments(copies[0])[name].allclose(merged[name])
+    # After the merge a report holds only what came since: the late batch.
+    again = syncs[1].report()
+    assert again["0"].count == 7 and again["2"].count == 7
+    assert syncs[0].report()["0"].count == 0
+
+
+def test_norm_sync_refuses_changed_statistics_that_cannot_merge():
+    net = nn.Sequential(EMANorm(2), RunningNorm(2))
+    sync = networks.NormSync(net)
+    net[1].update_stats(th.ones(4, 2))
+    assert sync.report()["1"].count == 4  # an unchanged EMANorm is fine
+    net[0].update_stats(th.ones(4, 2))
+    with pytest.raises(TypeError, match="layer '0' is EMANorm"):
+        sync.report()
+
+
+def test_require_mergeable_names_the_layer_and_what_asked():
+    networks.require_mergeable(_two_layer_net(), "job")
+    with pytest.raises(ValueError, match=r"relabel: layer '1' is a EMANorm"):
+        networks.require_mergeable(nn.Sequential(nn.Identity(), EMANorm(3)), "relabel", ValueError)
