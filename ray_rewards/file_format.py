@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from typing import Any, TypeVar
 
@@ -35,6 +36,14 @@ from torch import nn
 
 from ray_rewards import networks, reward_nets, storage
 from ray_rewards.storage import PathLike
+
+
+class UnsafeRewardFileError(pickle.UnpicklingError):
+    """A file asked to import or call something not allowed; nothing from it was run."""
+
+
+_REFUSED = "the file asks to create"
+
 
 # --------------------------------------------------------------------------------------
 # The allowlist
@@ -89,8 +98,49 @@ def register_safe_class(cls: ModuleT) -> ModuleT:
         )
     if cls not in _SAFE_CLASSES:
         _SAFE_CLASSES.add(cls)
-        th.serialization.add_safe_globals([cls])
+        stand_in = _StandIn(cls)
+        th.serialization.add_safe_globals(
+            # The file's name for the class resolves to the stand-in. The class itself is
+            # listed under a key no pickle can spell (GLOBAL names hold no newline), only
+            # so that torch lets ``__setstate__`` restore its instances.
+            [(stand_in, stand_in.name), (cls, f"{stand_in.name}\n(restore only)")]
+        )
     return cls
+
+
+class _StandIn:
+    """What a saved file's name for an allowlisted class resolves to while loading.
+
+    torch's safe unpickler creates objects in two ways: NEWOBJ (``cls.__new__(cls,
+    *args)``, what ``th.save`` writes for a module) and REDUCE (``cls(*args)``, which
+    would run the constructor with arguments chosen by the file: a registered class
+    whose ``__init__`` writes files, or ``nn.Linear(20000, 20000)`` from a few bytes).
+    The stand-in answers NEWOBJ with a bare instance of the class, to be given its
+    saved state, and refuses every call.
+    """
+
+    def __init__(self, cls: type[nn.Module]):
+        self.cls = cls
+        self.name = f"{cls.__module__}.{cls.__qualname__}"
+        # torch reads ``cls.__new__`` off the object it resolved the name to.
+        self.__new__ = self._new
+
+    def _new(self, _stand_in: Any, *args: Any) -> nn.Module:
+        if args:
+            raise UnsafeRewardFileError(
+                f"{_REFUSED} {self.name} with {len(args)} constructor argument(s); saved "
+                "nets are rebuilt only from their saved state"
+            )
+        return self.cls.__new__(self.cls)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise UnsafeRewardFileError(
+            f"{_REFUSED} {self.name}(...), i.e. to run its constructor with arguments chosen "
+            "by the file; saved nets are rebuilt only from their saved state"
+        )
+
+    def __repr__(self) -> str:
+        return f"<loading stand-in for {self.name}>"
 
 
 def safe_classes() -> frozenset[type]:
@@ -125,10 +175,6 @@ for _cls in (
 # --------------------------------------------------------------------------------------
 # save / load
 # --------------------------------------------------------------------------------------
-
-
-class UnsafeRewardFileError(pickle.UnpicklingError):
-    """A file asked to import something outside the allowlist; nothing was run."""
 
 
 def _unsafe_contents(net: nn.Module, data: bytes) -> str | None:
@@ -220,28 +266,57 @@ def _check_crcs(data: bytes) -> None:
                 archive.read(info)  # raises BadZipFile on a CRC mismatch
 
 
+# torch wraps the unpickler's own error in advice to load with weights_only=False,
+# advice that would run whatever the file holds: only the unpickler's words are kept.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+_GLOBAL_NAME = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _unpickler_message(err: Exception) -> str:
+    text = str(err).split("WeightsUnpickler error:")[-1]
+    kept = [p.strip() for p in text.split("\n\n") if p.strip()]
+    kept = [p for p in kept if not p.startswith(_TORCH_ADVICE)]
+    return " ".join(kept) or type(err).__name__
+
+
 def _corrupt(source: str, err: Exception) -> ValueError:
+    message = _unpickler_message(err) if isinstance(err, pickle.UnpicklingError) else str(err)
+    if not message and isinstance(err, EOFError):
+        message = "the file ends early"
     return ValueError(
         f"{source}: not a readable torch.save file (truncated or corrupt?): "
-        f"{type(err).__name__}: {err}"
+        f"{type(err).__name__}: {message}"
     )
 
 
-def _refusal(source: str, data: bytes, err: Exception) -> Exception:
-    """The error to raise when torch's safe unpickler rejected ``data``."""
-    try:
-        refused = sorted(th.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
-    except Exception:  # noqa: BLE001 - not even a readable checkpoint: corrupt
-        refused = []
+def _refusal(source: str, data: bytes, err: pickle.UnpicklingError) -> Exception:
+    """The error to raise when torch's safe unpickler rejected ``data``.
+
+    Unsafe content (a global outside the allowlist, a constructor call) is always
+    reported as unsafe, in a zip or a legacy-format file alike; anything else is a
+    corrupt file. Neither message passes on torch's advice to load unsafely.
+    """
+    message = _unpickler_message(err)
+    if _REFUSED in message:
+        return UnsafeRewardFileError(
+            f"refused to load {source}: {message}. Nothing from this file was run."
+        )
+    refused = set(_GLOBAL_NAME.findall(message))
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        try:
+            refused.update(th.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+        except Exception:  # noqa: BLE001 - an unreadable archive: corrupt unless named above
+            pass
     if not refused:
         return _corrupt(source, err)
+    names = sorted(refused)
     return UnsafeRewardFileError(
-        f"refused to load {source}: it asks to import {', '.join(refused)}, which "
-        f"{'is' if len(refused) == 1 else 'are'} not on ray_rewards' allowlist. A pickle "
+        f"refused to load {source}: it asks to import {', '.join(names)}, which "
+        f"{'is' if len(names) == 1 else 'are'} not on ray_rewards' allowlist. A pickle "
         "can run arbitrary code, so loading a reward net never imports anything outside "
-        "the allowlist (torch weights_only=True) and nothing from this file was run. If "
-        "the file holds your own RewardNet subclass or layer, import it and register it "
-        "with ray_rewards.serialize.register_safe_class before loading; never allowlist "
+        "the allowlist and nothing from this file was run. If the file holds your own "
+        "RewardNet subclass or layer, import it and register it with "
+        "ray_rewards.serialize.register_safe_class before loading; never allowlist "
         "functions."
     )
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import zipfile
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
 from helpers import make_net
+from torch import nn
 
-from ray_rewards import networks
+from ray_rewards import networks, serialize
 from ray_rewards.networks import EMANorm, RunningNorm
+from ray_rewards.reward_nets import BasicRewardNet
 
 
 def clean_batch(n: int = 4) -> tuple[np.ndarray, ...]:
@@ -103,3 +110,109 @@ def test_norm_layers_refuse_non_finite_batches(cls, as_tensor, features):
     with pytest.raises(ValueError, match="values whose moments overflow"):
         norm.update_stats(huge)
     assert norm.moments().allclose(before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Crafted files
+# ---------------------------------------------------------------------------------------
+
+
+@serialize.register_safe_class
+class MarkerNet(BasicRewardNet):
+    """A registered user class whose constructor has a side effect (writes a file)."""
+
+    def __init__(self, marker: str):
+        open(marker, "w").close()
+        super().__init__(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-1, 1, (1,)))
+
+
+class Calls:
+    """Pickles as a call ``fn(*args)``: what a crafted file asks the loader to run."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def crafted(tmp_path, payload, legacy: bool = False) -> str:
+    path = str(tmp_path / "crafted.pt")
+    with open(path, "wb") as f:
+        th.save(payload, f, _use_new_zipfile_serialization=not legacy)
+    return path
+
+
+def load_everywhere(path: str) -> list[Exception]:
+    """The error from each entry point that loads a reward file."""
+    errors = []
+    for load in (
+        serialize.load,
+        lambda p: serialize.load_reward("RewardNet_unnormalized", p, None),
+        lambda p: th.load(p),
+    ):
+        with pytest.raises(pickle.UnpicklingError) as info:
+            load(path)
+        errors.append(info.value)
+    return errors
+
+
+def test_a_file_cannot_run_a_registered_constructor(tmp_path):
+    marker = tmp_path / "marker"
+    path = crafted(tmp_path, Calls(MarkerNet, str(marker)))
+    errors = load_everywhere(path)
+    assert not marker.exists()
+    for err in errors[:2]:
+        assert isinstance(err, serialize.UnsafeRewardFileError)
+        assert "test_hostile_inputs.MarkerNet(...)" in str(err)
+        assert "weights_only=False" not in str(err)
+    # Built the ordinary way, the class saves and loads (without its constructor).
+    net = MarkerNet(str(tmp_path / "made"))
+    serialize.save(net, tmp_path / "ok.pt")
+    os.remove(tmp_path / "made")
+    loaded = serialize.load(tmp_path / "ok.pt")
+    assert type(loaded) is MarkerNet and not (tmp_path / "made").exists()
+
+
+def test_a_tiny_file_cannot_build_a_huge_layer(tmp_path):
+    path = crafted(tmp_path, Calls(nn.Linear, 20000, 20000))
+    assert os.path.getsize(path) < 4096
+    errors = load_everywhere(path)
+    assert "torch.nn.modules.linear.Linear(...)" in str(errors[0])
+
+
+def test_constructor_arguments_through_newobj_are_refused(tmp_path):
+    # NEWOBJ with arguments: Linear.__new__(Linear, 20000, 20000), written by hand
+    # into the archive of a harmless th.save (picklers will not write it).
+    path = tmp_path / "newobj.pt"
+    th.save({}, path)
+    linear = b"ctorch.nn.modules.linear\nLinear\n"
+    payload = b"\x80\x02" + linear + b"M\x20\x4eM\x20\x4e\x86\x81."
+    with zipfile.ZipFile(path) as src:
+        members = {info.filename: src.read(info) for info in src.infolist()}
+    with zipfile.ZipFile(path, "w") as out:
+        for name, data in members.items():
+            out.writestr(name, payload if name.endswith("data.pkl") else data)
+    errors = load_everywhere(str(path))
+    assert "torch.nn.modules.linear.Linear with 2 constructor argument(s)" in str(errors[0])
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_os_system_is_reported_as_unsafe_never_as_corrupt(tmp_path, legacy):
+    marker = tmp_path / "pwned"
+    path = crafted(tmp_path, Calls(os.system, f"touch {marker}"), legacy=legacy)
+    errors = load_everywhere(path)
+    assert not marker.exists()
+    for err in errors[:2]:
+        assert isinstance(err, serialize.UnsafeRewardFileError)
+        assert "posix.system" in str(err) and "corrupt" not in str(err)
+        assert "weights_only=False" not in str(err)
+
+
+@pytest.mark.parametrize("content", [os.urandom(2048), b"\x80\x02}q\x00.", b""])
+def test_garbage_is_corrupt_without_advice_to_load_unsafely(tmp_path, content):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(content)
+    with pytest.raises((ValueError, TypeError)) as info:
+        serialize.load(path)
+    assert "weights_only" not in str(info.value)
