@@ -367,4 +367,36 @@ def from_bytes(
             else ""
         )
         raise TypeError(f"{source}: expected a saved RewardNet, found {type(obj).__name__}{hint}")
+    _check_structure(obj, source)
     return obj
+
+
+def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The parameter and buffer shapes a layer's own attributes say it has."""
+    if isinstance(module, nn.Linear):
+        return {"weight": (module.out_features, module.in_features), "bias": (module.out_features,)}
+    if isinstance(module, nn.Conv2d):
+        kernel = (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
+        return {"weight": kernel, "bias": (module.out_channels,)}
+    if isinstance(module, networks.BaseNorm):
+        n = module.num_features
+        return {"running_mean": (n,), "running_var": (n,), "count": ()}
+    return {}
+
+
+def _check_structure(net: nn.Module, source: str) -> None:
+    """ValueError unless every layer's tensors have the shapes its attributes record.
+
+    A file can pair a small layer description with other tensors; such a net would
+    fail (or silently differ) at its first forward pass, so it is refused on load.
+    """
+    for name, module in net.named_modules():
+        tensors = {**module._parameters, **module._buffers}
+        for attr, shape in _expected_shapes(module).items():
+            tensor = tensors.get(attr)
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(
+                    f"{source}: layer {name or '<root>'!r} ({type(module).__name__}) records "
+                    f"{attr} of shape {shape} but holds {tuple(tensor.shape)}; the file does "
+                    "not match its recorded architecture"
+                )

@@ -216,3 +216,17 @@ def test_garbage_is_corrupt_without_advice_to_load_unsafely(tmp_path, content):
     with pytest.raises((ValueError, TypeError)) as info:
         serialize.load(path)
     assert "weights_only" not in str(info.value)
+
+
+def test_tensors_unlike_the_recorded_architecture_are_refused(tmp_path):
+    net = make_net(normalized=True)
+    first = (
+        net.base.mlp[0]
+        if hasattr(net.base, "mlp")
+        else next(m for m in net.modules() if isinstance(m, nn.Linear))
+    )
+    first.weight = nn.Parameter(th.zeros(first.out_features, first.in_features + 5))
+    path = tmp_path / "mismatch.pt"
+    th.save(net, path)
+    with pytest.raises(ValueError, match=r"records weight of shape \(8, 8\) but holds \(8, 13\)"):
+        serialize.load(path)
