@@ -28,7 +28,8 @@ import numpy as np
 import ray
 import torch as th
 
-from ray_rewards.actors import RewardActor, load_reward_source, net_to_bytes
+from ray_rewards.actors import RewardActor, load_reward_source
+from ray_rewards.file_format import to_bytes
 from ray_rewards.networks import RunningNorm
 from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 
@@ -97,7 +98,7 @@ def main() -> None:
     net = NormalizedRewardNet(
         BasicRewardNet(OBS, ACT, hid_sizes=(args.hidden, args.hidden)), RunningNorm
     )
-    wire = net_to_bytes(net)
+    wire = to_bytes(net)
     callers = [Caller.remote(i, args.rows, args.calls, wire) for i in range(args.callers)]
     coalesced = RewardActor(wire, max_wait_s=args.max_wait_ms / 1000)
     one_by_one = RewardActor(wire, coalesce=False)

@@ -1,4 +1,10 @@
-"""Building blocks: running normalization layers, MLP/CNN builders, mode switches."""
+"""Building blocks: running normalization layers, MLP/CNN builders, mode switches.
+
+Reason for its length: it is ``imitation.util.networks``'s surface (norm layers,
+builders, mode contexts) plus the one implementation of merging a net's
+normalization statistics across its copies (:class:`NormSync`), which belongs
+with the layers whose buffers it reads and writes.
+"""
 
 from __future__ import annotations
 
@@ -391,8 +397,18 @@ def merge_norm_updates(
 ) -> dict[str, Moments]:
     """Per layer, :meth:`Moments.merge_updates` of copies that all started from ``base``."""
     updated = list(updated)
+    return merge_norm_reports(
+        base, [{name: u[name].subtract(b) for name, b in base.items()} for u in updated]
+    )
+
+
+def merge_norm_reports(
+    base: dict[str, Moments], reports: Iterable[dict[str, Moments]]
+) -> dict[str, Moments]:
+    """Per layer, ``base`` merged with what each copy added (:meth:`NormSync.report`)."""
+    reports = list(reports)
     return {
-        name: Moments.merge_updates(base_m, [u[name] for u in updated])
+        name: Moments.merge_all([base_m, *(r[name] for r in reports)])
         for name, base_m in base.items()
     }
 
@@ -571,6 +587,7 @@ __all__ = [
     "SqueezeLayer",
     "build_cnn",
     "NormSync",
+    "merge_norm_reports",
     "merge_norm_updates",
     "require_mergeable",
     "norm_moments",

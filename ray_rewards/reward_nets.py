@@ -1,5 +1,8 @@
 """Reward networks with the API of ``imitation.rewards.reward_nets``.
 
+Reason for its length: it mirrors that module, so every class a user imports from
+there is found in one place here; each class is short and stands alone.
+
 A reward net maps a batch of transitions ``(state, action, next_state, done)`` to
 one reward per transition. ``forward`` works on preprocessed tensors and is
 differentiable (training calls it); ``predict``/``predict_processed`` take numpy
@@ -11,10 +14,6 @@ post-processes ``predict_processed`` (e.g. normalization).
 Shapes: for a batch of ``B`` transitions, ``state`` and ``next_state`` are
 ``(B, *obs_shape)`` (``(B,)`` for a Discrete space), ``action`` likewise for the
 action space, ``done`` is ``(B,)``; every reward output is ``(B,)``.
-
-Reason for its length: the module mirrors ``imitation.rewards.reward_nets``, so
-every class a user imports from there is found in one place here; each class is
-short and stands alone.
 """
 
 from __future__ import annotations

@@ -6,35 +6,18 @@ import pickle
 import threading
 import time
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import ray
+from helpers import make_net, random_transitions
 
 from ray_rewards import networks, serialize
 from ray_rewards.actors import RewardActor, RewardActorError, RewardActorPool
-from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 from ray_rewards.stats import Moments
-
-OBS = gym.spaces.Box(-1.0, 1.0, (3,))
-ACT = gym.spaces.Box(-1.0, 1.0, (2,))
-
-
-def make_net(seed: int = 0) -> NormalizedRewardNet:
-    import torch as th
-
-    th.manual_seed(seed)
-    base = BasicRewardNet(OBS, ACT, use_next_state=True, use_done=True, hid_sizes=(8,))
-    return NormalizedRewardNet(base, networks.RunningNorm)
 
 
 def transitions(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
-    return (
-        rng.uniform(-1, 1, (n, 3)).astype(np.float32),
-        rng.uniform(-1, 1, (n, 2)).astype(np.float32),
-        rng.uniform(-1, 1, (n, 3)).astype(np.float32),
-        rng.integers(0, 2, n).astype(bool),
-    )
+    return tuple(random_transitions(rng, n).values())
 
 
 def kill_and_wait_for_restart(a: RewardActor, timeout: float = 60.0) -> None:
@@ -54,7 +37,7 @@ def expected(net, batch) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def net():
-    return make_net()
+    return make_net(normalized=True)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +192,9 @@ def test_killed_actor_restarts_and_stream_completes_exactly_once(ray_session, ne
 
 @pytest.mark.slow
 def test_periodic_snapshot_when_stats_change(ray_session, tmp_path):
-    a = RewardActor(make_net(2), snapshot_path=tmp_path / "s.pt", snapshot_interval_s=0.2)
+    a = RewardActor(
+        make_net(seed=2, normalized=True), snapshot_path=tmp_path / "s.pt", snapshot_interval_s=0.2
+    )
     try:
         a.predict_processed(*transitions(np.random.default_rng(8), 30), update_stats=True)
         deadline = time.monotonic() + 30
@@ -224,7 +209,7 @@ def test_periodic_snapshot_when_stats_change(ray_session, tmp_path):
 
 
 def test_pool_merges_replica_statistics_exactly(ray_session, tmp_path):
-    net = make_net(3)
+    net = make_net(seed=3, normalized=True)
     pool = RewardActorPool(net, num_replicas=2)
     try:
         rng = np.random.default_rng(10)

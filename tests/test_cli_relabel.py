@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch as th
 from click.testing import CliRunner
+from helpers import make_net
 
-from ray_rewards import networks, serialize
+from ray_rewards import serialize
 from ray_rewards.cli import main
-from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
+from ray_rewards.reward_nets import BasicRewardNet
 from ray_rewards.stats import Moments
 
 
@@ -56,12 +57,8 @@ def read_dir(path: str):
 
 @pytest.fixture(scope="module")
 def saved_reward(tmp_path_factory):
-    th.manual_seed(0)
     obs = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
-    net = NormalizedRewardNet(
-        BasicRewardNet(obs, gym.spaces.Discrete(2), use_next_state=True, use_done=True),
-        networks.RunningNorm,
-    )
+    net = make_net(obs, gym.spaces.Discrete(2), normalized=True, hid_sizes=(32, 32))
     net.normalize_output_layer.set_moments(Moments(10, np.array([0.1]), np.array([0.5])))
     path = tmp_path_factory.mktemp("net") / "net.pt"
     serialize.save(net, path)

@@ -11,20 +11,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
-import torch as th
+from helpers import OBS, random_transitions
+from helpers import make_net as make_plain_net
 
 from ray_rewards import data, networks
-from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
+from ray_rewards.reward_nets import NormalizedRewardNet
 from ray_rewards.stats import Moments
 
-OBS = gym.spaces.Box(-1.0, 1.0, (3,))
 ACT = gym.spaces.Discrete(4)
 
 
 def make_net(seed: int = 0) -> NormalizedRewardNet:
-    th.manual_seed(seed)
-    base = BasicRewardNet(OBS, ACT, use_next_state=True, use_done=True, hid_sizes=(8,))
-    net = NormalizedRewardNet(base, networks.RunningNorm)
+    net = make_plain_net(OBS, ACT, seed=seed, normalized=True)
     # Non-trivial statistics, so normalization shows in the outputs.
     net.normalize_output_layer.set_moments(Moments(50, np.array([0.3]), np.array([2.0])))
     return net
@@ -34,11 +32,8 @@ def transitions(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "id": np.arange(n),
-        "obs": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
-        "actions": rng.integers(0, 4, n).astype(np.int32),
+        **random_transitions(rng, n, OBS, ACT),
         "rewards": rng.normal(size=n),
-        "new_obs": rng.uniform(-1, 1, (n, 3)).astype(np.float32),
-        "terminateds": rng.random(n) < 0.1,
         "truncateds": np.zeros(n, bool),
     }
 

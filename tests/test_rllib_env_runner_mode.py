@@ -6,23 +6,20 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from helpers import make_net
 from ray.rllib.algorithms.ppo import PPOConfig
 
 from ray_rewards.actors import RewardActor
-from ray_rewards.reward_nets import BasicRewardNet
 from ray_rewards.rllib import with_learned_reward
 from ray_rewards.rllib.env_runner_relabel import RelabelOnEnvRunner
-from ray_rewards.rllib.relabel_connector import episode_transitions
+from ray_rewards.rllib.episodes import episode_transitions
 
-
-def make_net() -> BasicRewardNet:
-    th.manual_seed(0)
-    env = gym.make("Pendulum-v1")
-    return BasicRewardNet(env.observation_space, env.action_space, use_next_state=True)
+PENDULUM = gym.make("Pendulum-v1")
+OBS, ACT = PENDULUM.observation_space, PENDULUM.action_space
 
 
 def test_env_runner_samples_carry_the_actors_rewards(ray_session):
-    net = make_net()
+    net = make_net(OBS, ACT)
     actor = RewardActor(net)
     config = (
         PPOConfig()
@@ -55,7 +52,7 @@ def test_env_runner_samples_carry_the_actors_rewards(ray_session):
 def test_env_runner_mode_keeps_reporting_env_returns(ray_session, num_env_runners):
     """The env runner computes episode returns from the chunks it kept, after sample():
     a +100 reward written into those would make Pendulum's returns positive."""
-    net = make_net()
+    net = make_net(OBS, ACT)
     with th.no_grad():
         for p in net.parameters():
             p.zero_()

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from helpers import ACT, OBS, make_net
 from ray.rllib.algorithms.ppo import PPO, PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
@@ -27,15 +28,6 @@ from ray_rewards.rllib import (
 from ray_rewards.rllib import algorithm as algorithm_module
 from ray_rewards.rllib.config import LearnedRewardResults
 from ray_rewards.stats import Moments
-
-OBS = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
-ACT = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
-
-
-def make_net(seed: int = 0, **kwargs) -> BasicRewardNet:
-    th.manual_seed(seed)
-    kw = {"use_next_state": True, "use_done": True, "hid_sizes": (8,), **kwargs}
-    return BasicRewardNet(OBS, ACT, **kw)
 
 
 def make_episode(rng, length, lookback=0, terminated=False, numpy=True) -> SingleAgentEpisode:

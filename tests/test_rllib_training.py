@@ -14,6 +14,7 @@ import pytest
 import ray.cloudpickle
 import torch as th
 from click.testing import CliRunner
+from helpers import make_net
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.dqn import DQNConfig
 from ray.rllib.algorithms.ppo import PPOConfig
@@ -68,11 +69,6 @@ def ppo_config(**env_runners) -> PPOConfig:
     )
 
 
-def small_net(seed=0, **kwargs):
-    th.manual_seed(seed)
-    return BasicRewardNet(OBS, ACT, use_next_state=True, use_done=True, hid_sizes=(8,), **kwargs)
-
-
 def sample_chunks(algo, steps, times):
     """Episode chunks from the algorithm's env runners, sampled ``times`` in a row."""
     out = []
@@ -120,7 +116,7 @@ def train_batch(algo, episodes):
 def test_ppo_trains_on_exactly_the_nets_rewards(ray_session):
     """The rewards in PPO's train batch (after the bootstrap step, before GAE) are the
     net's outputs for those transitions: vector env runner, chunks with lookback."""
-    net = small_net()
+    net = make_net(OBS, ACT)
     algo = with_learned_reward(
         ppo_config(num_env_runners=1, num_envs_per_env_runner=2), net
     ).build_algo()
@@ -173,7 +169,7 @@ def test_ppo_with_the_true_reward_net_sees_the_env_rewards(ray_session):
 
 def constant_net(value: float) -> BasicRewardNet:
     """A net whose reward is ``value`` for every transition."""
-    net = small_net()
+    net = make_net(OBS, ACT)
     with th.no_grad():
         for p in net.parameters():
             p.zero_()
@@ -209,7 +205,7 @@ def assert_relabels_the_batch(algo):
 
 
 def test_sac_trains_on_the_nets_rewards_from_the_replay_buffer(ray_session):
-    net = small_net(seed=3)
+    net = make_net(OBS, ACT, seed=3)
     config = (
         SACConfig()
         .environment("Pendulum-v1")
@@ -331,7 +327,7 @@ def test_two_learners_merge_statistics_and_checkpoint_them(ray_session, tmp_path
 
 
 def test_checkpoint_round_trip_with_from_checkpoint(ray_session, tmp_path):
-    net = NormalizedRewardNet(small_net(seed=5), networks.RunningNorm)
+    net = NormalizedRewardNet(make_net(OBS, ACT, seed=5), networks.RunningNorm)
     algo = with_learned_reward(ppo_config(num_env_runners=0), net, update_stats=True).build_algo()
     try:
         algo.train()

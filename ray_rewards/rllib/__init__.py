@@ -1,14 +1,22 @@
 """RLlib integration: train any new-API-stack RLlib algorithm on a learned reward.
 
 - :class:`RelabelRewards` (``relabel_connector.py``): the learner-connector piece that
-  writes a reward net's rewards into the episodes, one batched forward per call.
-- :func:`with_learned_reward` (``config.py``): wires it into an AlgorithmConfig,
-  with statistics merging across learners, learned-reward metrics and checkpoints
-  that carry the net (``reward_state.py``, ``algorithm.py``).
+  writes a reward net's rewards into the episodes, one batched forward per call;
+  ``episodes.py`` gathers the transitions and writes the rewards back.
+- :func:`with_learned_reward` (``config.py``): wires it into an AlgorithmConfig
+  through a :class:`LearnedRewardConnector` (``learner_connector.py``), with
+  statistics merging across learners, learned-reward metrics and checkpoints that
+  carry the net (``reward_state.py``, ``algorithm.py``); env-runner mode in
+  ``env_runner_relabel.py``.
+- ``_compat.py``: every RLlib internal the integration relies on.
+
+Modules depend one way: config -> algorithm -> reward_state -> learner_connector ->
+relabel_connector -> episodes.
 """
 
 from ray_rewards.rllib.algorithm import LearnedRewardAlgorithm, learned_reward_algorithm_class
-from ray_rewards.rllib.config import LearnedRewardConnector, with_learned_reward
+from ray_rewards.rllib.config import with_learned_reward
+from ray_rewards.rllib.learner_connector import LearnedRewardConnector
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
 from ray_rewards.rllib.reward_state import REWARD_NET_FILE, state_of
 

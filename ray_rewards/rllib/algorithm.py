@@ -29,7 +29,9 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray.rllib.algorithms.algorithm import Algorithm
 
-from ray_rewards.rllib.reward_state import REWARD_NET_FILE, resolve_path, state_of
+from ray_rewards import storage
+from ray_rewards.rllib._compat import algorithm_class
+from ray_rewards.rllib.reward_state import REWARD_NET_FILE, state_of
 
 _PREFIX = "LearnedReward__"
 
@@ -55,7 +57,8 @@ class LearnedRewardAlgorithm:
         """RLlib's checkpoint, plus the reward net with merged statistics as
         ``<path>/reward_net.pt``. Returns the checkpoint path.
         """
-        path, filesystem = resolve_path(path, filesystem)
+        if path is not None:
+            filesystem, path = storage.resolve(path, filesystem)
         reward_state = state_of(self)  # type: ignore[arg-type]
         reward_state.sync(self)  # type: ignore[arg-type]
         path = super().save_to_path(  # type: ignore[misc]
@@ -68,16 +71,14 @@ class LearnedRewardAlgorithm:
         """RLlib's restore, then ``<path>/reward_net.pt`` (if present) into every copy."""
         super().restore_from_path(path, *args, **kwargs)  # type: ignore[misc]
         if kwargs.get("component") is None:
-            fs_path, filesystem = resolve_path(path, kwargs.get("filesystem"))
+            filesystem, fs_path = storage.resolve(path, kwargs.get("filesystem"))
             state_of(self).restore(self, fs_path, filesystem=filesystem)  # type: ignore[arg-type]
 
 
 def learned_reward_algorithm_class(base: type[Algorithm] | str) -> type[Algorithm]:
     """``base`` (an Algorithm class, or a registered name like ``"PPO"``) with the mixin."""
     if isinstance(base, str):
-        from ray.tune.registry import get_trainable_cls
-
-        base = get_trainable_cls(base)
+        base = algorithm_class(base)
     if not (isinstance(base, type) and issubclass(base, Algorithm)):
         raise TypeError(f"expected an RLlib Algorithm class, got {base!r}")
     if issubclass(base, LearnedRewardAlgorithm):

@@ -2,7 +2,8 @@
 
 It returns a copy of the config with three additions:
 
-1. A learner connector (:class:`LearnedRewardConnector`) that puts a
+1. A learner connector
+   (:class:`~ray_rewards.rllib.learner_connector.LearnedRewardConnector`) that puts a
    :class:`~ray_rewards.rllib.RelabelRewards` at the front of every learner
    pipeline, ahead of any learner connector the config already had (so a user's
    piece, e.g. a curiosity bonus, adds to the learned reward instead of being
@@ -22,20 +23,21 @@ It returns a copy of the config with three additions:
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.utils.metrics import AGGREGATOR_ACTOR_RESULTS, ALL_MODULES, LEARNER_RESULTS
 
-from ray_rewards import networks, serialize
+from ray_rewards import file_format, networks
 from ray_rewards.actors import RewardActor, RewardActorPool
 from ray_rewards.reward_nets import RewardNet
+from ray_rewards.rllib._compat import config_learner_connector
 from ray_rewards.rllib.algorithm import learned_reward_algorithm_class
 from ray_rewards.rllib.env_runner_relabel import RelabelOnEnvRunner
-from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, Mode, RelabelRewards
+from ray_rewards.rllib.episodes import Mode
+from ray_rewards.rllib.learner_connector import LearnedRewardConnector
+from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
 from ray_rewards.rllib.reward_state import state_of
 
 RewardSource = RewardNet | str | os.PathLike | RewardActor | RewardActorPool
@@ -119,12 +121,12 @@ def with_learned_reward(
             "transitions one at a time; an n-step sample's reward is a discounted sum over "
             "transitions the net never sees. Set config.training(n_step=1)."
         )
-    previous = config._learner_connector
+    previous = config_learner_connector(config)
     if isinstance(previous, LearnedRewardConnector):
         raise ValueError("with_learned_reward: this config already trains on a learned reward")
     net = _load(reward)
     if update_stats:
-        _check_mergeable(net)
+        networks.require_mergeable(net, "with_learned_reward: update_stats=True", ValueError)
     options = {
         "mode": mode,
         "coef": coef,
@@ -184,48 +186,6 @@ def _relabel_on_env_runners(
     return new
 
 
-class LearnedRewardConnector:
-    """The ``learner_connector`` callable: builds ``[RelabelRewards, *previous pieces]``.
-
-    Holds the net as the bytes of its ray_rewards save file (plain data, checked for
-    safe loading when created) plus the net's module classes, which each learner
-    registers with the safe-loading allowlist before loading its copy.
-    """
-
-    def __init__(
-        self,
-        net: RewardNet,
-        options: Mapping[str, Any],
-        env_actions: bool = True,
-        previous: Any = None,
-    ):
-        self.net_bytes = _to_bytes(net)
-        self.net_chain = serialize.format_chain(net)
-        self.net_classes = tuple({type(m) for m in net.modules()})
-        self.options = dict(options)
-        self.env_actions = env_actions
-        self.previous = previous
-
-    def load_net(self) -> RewardNet:
-        """A fresh CPU copy of the net."""
-        for cls in self.net_classes:
-            serialize.register_safe_class(cls)
-        return _from_bytes(self.net_bytes)
-
-    def __call__(self, input_observation_space: Any, input_action_space: Any) -> list[ConnectorV2]:
-        """The pieces to put at the front of a learner pipeline."""
-        pieces: list[ConnectorV2] = [RelabelRewards(self.load_net(), **self.options)]
-        if self.previous is not None:
-            more = self.previous(input_observation_space, input_action_space)
-            pieces.extend(more if isinstance(more, (list, tuple)) else [more])
-        return pieces
-
-    def __repr__(self) -> str:
-        return (
-            f"LearnedRewardConnector({self.net_chain}, {self.options}, previous={self.previous!r})"
-        )
-
-
 class LearnedRewardResults:
     """``on_train_result`` callback: merge statistics, report ``result["learned_reward"]``."""
 
@@ -251,39 +211,11 @@ def _load(reward: RewardSource) -> RewardNet:
     if isinstance(reward, RewardNet):
         return reward
     if isinstance(reward, (str, os.PathLike)):
-        return serialize.load(reward, device="cpu")
+        return file_format.load(reward, device="cpu")
     raise TypeError(
         "with_learned_reward: reward must be a RewardNet or the path of one saved with "
         f"ray_rewards.serialize.save, got {type(reward).__name__}"
     )
-
-
-def _check_mergeable(net: RewardNet) -> None:
-    """ValueError unless every normalization layer's statistics can be merged."""
-    for name, module in net.named_modules():
-        if isinstance(module, networks.BaseNorm) and not isinstance(module, networks.RunningNorm):
-            raise ValueError(
-                f"with_learned_reward: update_stats=True, but layer {name!r} is a "
-                f"{type(module).__name__}, whose statistics cannot be merged across "
-                "learners; use RunningNorm"
-            )
-
-
-def _to_bytes(net: RewardNet) -> bytes:
-    """The bytes of ``serialize.save(net)`` (which refuses nets that would not load safely)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "reward_net.pt")
-        serialize.save(net, path)
-        with open(path, "rb") as f:
-            return f.read()
-
-
-def _from_bytes(data: bytes) -> RewardNet:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "reward_net.pt")
-        with open(path, "wb") as f:
-            f.write(data)
-        return serialize.load(path, device="cpu")
 
 
 def _as_list(callbacks: Any) -> list[Any]:

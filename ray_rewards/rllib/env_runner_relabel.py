@@ -7,7 +7,7 @@ authoritative holder of normalization statistics), pass a
 :func:`~ray_rewards.rllib.with_learned_reward`: every env runner then calls
 :class:`RelabelOnEnvRunner` at the end of ``sample()``, which sends all
 transitions of that sample to the actor in ONE request and writes the answer into
-copies of the episodes (:func:`~ray_rewards.rllib.relabel_connector.detach_rewards`)
+copies of the episodes (:func:`~ray_rewards.rllib.episodes.detach_rewards`)
 that take the originals' place in the returned sample. The env runner computes its
 episode metrics from the originals it keeps (in ``get_metrics``, after
 ``sample()``), so ``result["env_runners"]["episode_return_mean"]`` stays the env's
@@ -24,14 +24,14 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
 
-from ray_rewards.rllib.relabel_connector import (
-    LEARNED_REWARD,
+from ray_rewards.rllib.episodes import (
     Mode,
     check_mode_and_coef,
     detach_rewards,
     episode_transitions,
     write_rewards,
 )
+from ray_rewards.rllib.relabel_connector import LEARNED_REWARD
 
 
 class RelabelOnEnvRunner:

@@ -9,18 +9,9 @@ of that pipeline and overwrites each episode chunk's rewards with the net's
 ``predict_processed`` reward, so everything after it (returns, GAE, TD targets)
 sees the learned reward.
 
-What counts as a transition of a chunk of ``len(episode) == L`` steps (lookback
-excluded):
-
-- ``state[t] = obs[t]``, ``action[t]``, ``next_state[t] = obs[t + 1]`` for
-  ``t = 0 .. L-1``; ``obs[0]`` is the chunk's first observation (the last one of the
-  previous chunk when the episode was cut), ``obs[L]`` its last. The lookback
-  buffer is never relabeled: it belongs to the previous chunk.
-- ``done[t]`` is 1 only for the last step of a terminated episode (truncation, and
-  a chunk cut by the sampler, are not terminal).
-- When PPO's (or IMPALA's) ``AddOneTsToEpisodesAndTruncate`` ran first, every chunk
-  ends in an artificial bootstrap step (a copy of the last observation, reward 0,
-  masked out of the loss). That step is not a transition: it keeps its 0 reward.
+Which steps of a chunk are transitions (the lookback and an artificial bootstrap
+step are not) is written down in :mod:`ray_rewards.rllib.episodes`, which gathers
+them and writes the rewards back.
 
 Off-policy learners get a replay sample of hundreds of one-step episodes, where
 per-episode work would cost more than the net: there the piece sits just before
@@ -30,10 +21,8 @@ per-episode work would cost more than the net: there the piece sits just before
 
 from __future__ import annotations
 
-import copy
-import functools
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -42,22 +31,24 @@ from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.core.rl_module.rl_module import RLModule
-from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics import ALL_MODULES
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
-from ray.rllib.utils.spaces.space_utils import (
-    clip_action,
-    get_base_struct_from_space,
-    unsquash_action,
-)
+from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
 
 from ray_rewards import networks
 from ray_rewards.reward_nets import NormalizedRewardNet, RewardNet
+from ray_rewards.rllib._compat import BOOTSTRAP_STEP_ADDED
+from ray_rewards.rllib.episodes import (
+    Mode,
+    check_mode_and_coef,
+    detach_rewards,
+    env_actions,
+    episode_transitions,
+    new_rewards,
+    reward_dtype,
+    write_rewards,
+)
 from ray_rewards.stats import Moments
-
-Mode = Literal["replace", "add"]
-MODES: tuple[str, ...] = ("replace", "add")
 
 # Where the learner logs what it relabeled: results["learners"][ALL_MODULES][LEARNED_REWARD].
 LEARNED_REWARD = "learned_reward"
@@ -70,10 +61,6 @@ _BATCH_COLUMNS = (
     Columns.TERMINATEDS,
     Columns.REWARDS,
 )
-
-# Set by RLlib's AddOneTsToEpisodesAndTruncate once it has appended the artificial
-# bootstrap step to every episode in this pipeline call.
-_BOOTSTRAP_STEP_ADDED = "_added_loss_mask_for_valid_episode_ts"
 
 
 class RelabelRewards(ConnectorV2):
@@ -111,9 +98,10 @@ class RelabelRewards(ConnectorV2):
             work the main cost. Algorithms built by
             :func:`~ray_rewards.rllib.with_learned_reward` place it so themselves
             where that applies.
-        copy_episodes: relabel copies (see :func:`detach_rewards`) put in the place of
-            the episodes in the call's list, and leave the objects the caller holds
-            as they were. Needed where the learner runs in the process of the env
+        copy_episodes: relabel copies (see
+            :func:`~ray_rewards.rllib.episodes.detach_rewards`) put in the place of the
+            episodes in the call's list, and leave the objects the caller holds as
+            they were. Needed where the learner runs in the process of the env
             runner that sampled the episodes (``num_env_runners=0`` with a local
             learner): that env runner keeps the chunks it returned and sums their
             rewards into its ``episode_return_mean`` when the episode ends.
@@ -171,10 +159,7 @@ class RelabelRewards(ConnectorV2):
             # Nets without a NormalizedRewardNet need not accept the keyword.
             self._predict_kwargs["update_stats"] = self.update_stats
         self._action_struct = get_base_struct_from_space(reward_net.action_space)
-        # Normalization statistics at the last merge across copies, and as last
-        # reported (see norm_report / absorb_norm_moments).
-        self._synced_moments = networks.norm_moments(reward_net)
-        self._reported_moments = self._synced_moments
+        self.norm_sync = networks.NormSync(reward_net)
 
     def __call__(
         self,
@@ -192,7 +177,7 @@ class RelabelRewards(ConnectorV2):
         """
         if self.from_batch:
             return self._relabel_batch(rl_module, batch, metrics)
-        bootstrap_step = bool(shared_data and shared_data.get(_BOOTSTRAP_STEP_ADDED))
+        bootstrap_step = bool(shared_data and shared_data.get(BOOTSTRAP_STEP_ADDED))
         if self.copy_episodes:
             detach_rewards(episodes)
         chunks = [
@@ -240,10 +225,8 @@ class RelabelRewards(ConnectorV2):
                 columns[Columns.NEXT_OBS],
                 np.asarray(columns[Columns.TERMINATEDS], dtype=np.float32),
             )
-            new = self.coef * learned.astype(np.float64)
-            if self.mode == "add":
-                new += env_rewards
-            columns[Columns.REWARDS] = new.astype(_reward_dtype(columns[Columns.REWARDS].dtype))
+            new = new_rewards(learned, env_rewards, self.mode, self.coef)
+            columns[Columns.REWARDS] = new.astype(reward_dtype(columns[Columns.REWARDS].dtype))
             self._log(metrics, learned, env_rewards)
         return batch
 
@@ -286,25 +269,16 @@ class RelabelRewards(ConnectorV2):
     # ----------------------------------------------------------------------------------
 
     def norm_report(self) -> dict[str, Moments]:
-        """Per normalization layer, the moments of the data added since the last merge.
-
-        Remembers what it reported, so :meth:`absorb_norm_moments` keeps data that
-        arrives between the report and the merge.
+        """Per normalization layer, the moments of the data added since the last merge
+        (:meth:`ray_rewards.networks.NormSync.report`).
         """
-        current = networks.norm_moments(self.reward_net)
-        self._reported_moments = current
-        return {name: m.subtract(self._synced_moments[name]) for name, m in current.items()}
+        return self.norm_sync.report()
 
-    def absorb_norm_moments(self, merged: Mapping[str, Moments]) -> None:
-        """Take the statistics merged over all copies (plus anything added since reporting)."""
-        current = networks.norm_moments(self.reward_net)
-        new = {
-            name: m.merge(current[name].subtract(self._reported_moments[name]))
-            for name, m in merged.items()
-        }
-        networks.set_norm_moments(self.reward_net, new)
-        self._synced_moments = dict(merged)
-        self._reported_moments = dict(merged)
+    def absorb_norm_moments(self, merged: dict[str, Moments]) -> None:
+        """Take the statistics merged over all copies, plus anything added since reporting
+        (:meth:`ray_rewards.networks.NormSync.absorb`).
+        """
+        self.norm_sync.absorb(merged)
 
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The net's parameters and buffers as numpy arrays (plain data, no module)."""
@@ -318,135 +292,7 @@ class RelabelRewards(ConnectorV2):
         self.reward_net.load_state_dict(
             {k: th.as_tensor(np.asarray(v), device=device) for k, v in state["reward_net"].items()}
         )
-        self._synced_moments = networks.norm_moments(self.reward_net)
-        self._reported_moments = self._synced_moments
-
-
-def episode_transitions(
-    chunks: list[tuple[SingleAgentEpisode, int]],
-    action_struct: Any = None,
-    normalize_actions: bool = False,
-    clip_actions: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenated ``(state, action, next_state, done)`` of the first ``n`` steps of
-    each ``(episode, n)`` chunk (see the module docstring for what a transition is).
-
-    With ``normalize_actions`` (or ``clip_actions``) the RLModule's actions are
-    unsquashed to (or clipped into) ``action_struct``, the env's action space.
-    Per chunk this costs a few array slices (replay samples are hundreds of
-    one-step chunks); everything per transition is one numpy call over all chunks.
-    """
-    observations, actions, n_steps = [], [], []
-    lengths = np.fromiter((n for _, n in chunks), dtype=np.int64, count=len(chunks))
-    terminated = np.fromiter((e.is_terminated for e, _ in chunks), dtype=bool, count=len(chunks))
-    for episode, n in chunks:
-        observations.append(_first(episode.observations, n + 1))
-        actions.append(_first(episode.actions, n))
-        n_step = episode.extra_model_outputs.get("n_step")
-        if n_step is not None:
-            n_steps.append(n_step.data)
-    # axis=None flattens every chunk's n_step data (array or list) in one call.
-    all_n_steps = np.concatenate(n_steps, axis=None) if n_steps else np.ones(0)
-    if np.any(all_n_steps != 1):
-        raise ValueError(
-            "RelabelRewards: got replay-buffer episodes sampled with n_step > 1 "
-            f"(n_step={np.unique(all_n_steps).tolist()}); their rewards "
-            "are discounted sums over several transitions, which a reward net cannot "
-            "relabel. Configure the algorithm with n_step=1."
-        )
-    obs = np.concatenate(observations)
-    # Chunk i holds rows [offsets[i], offsets[i] + n_i] of obs (n_i + 1 observations).
-    offsets = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
-    steps = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    state_rows = np.repeat(offsets, lengths) + steps
-    done = np.zeros(len(state_rows), dtype=np.float32)
-    done[(np.cumsum(lengths) - 1)[terminated]] = 1.0
-    action = env_actions(np.concatenate(actions), action_struct, normalize_actions, clip_actions)
-    return obs[state_rows], action, obs[state_rows + 1], done
-
-
-def env_actions(
-    action: np.ndarray, action_struct: Any, normalize_actions: bool, clip_actions: bool
-) -> np.ndarray:
-    """The RLModule's actions as the env received them: unsquashed to (or clipped
-    into) ``action_struct``, the env's action space, as RLlib's env runners do.
-    """
-    if normalize_actions:
-        return unsquash_action(action, action_struct)
-    if clip_actions:
-        return clip_action(action, action_struct)
-    return action
-
-
-def check_mode_and_coef(mode: str, coef: float, who: str) -> float:
-    """``coef`` as a float after checking both relabeling options; ValueError naming
-    ``who``, what was expected and what came.
-    """
-    if mode not in MODES:
-        raise ValueError(f"{who}: mode must be one of {MODES}, got {mode!r}")
-    coef = float(coef)
-    if not np.isfinite(coef):
-        raise ValueError(f"{who}: coef must be finite, got {coef}")
-    return coef
-
-
-def detach_rewards(episodes: list[Any]) -> None:
-    """Put in place of each episode of ``episodes`` a shallow copy whose reward buffer
-    is its own, so that writing rewards into the list's episodes leaves the objects
-    the caller holds (an env runner's, for its episode metrics) as they were.
-
-    Only rewards are detached: other buffers stay shared, as RLlib's own learner
-    pieces (which append a bootstrap step) expect. A MultiAgentEpisode is copied
-    with a new ``agent_episodes`` dict of detached sub-episodes.
-    """
-    for i, episode in enumerate(episodes):
-        if isinstance(episode, MultiAgentEpisode):
-            copied = copy.copy(episode)
-            copied.agent_episodes = {
-                agent: _with_own_rewards(sub) for agent, sub in episode.agent_episodes.items()
-            }
-            episodes[i] = copied
-        else:
-            episodes[i] = _with_own_rewards(episode)
-
-
-def _with_own_rewards(episode: SingleAgentEpisode) -> SingleAgentEpisode:
-    copied = copy.copy(episode)
-    rewards = copy.copy(episode.rewards)
-    # A numpy buffer gets new data when written (see _write_rewards); a list one is
-    # written in place, so it needs its own list.
-    if not isinstance(rewards.data, np.ndarray):
-        rewards.data = list(rewards.data)
-    copied.rewards = rewards
-    return copied
-
-
-def write_rewards(
-    chunks: list[tuple[SingleAgentEpisode, int]], learned: np.ndarray, mode: Mode, coef: float
-) -> np.ndarray:
-    """Write ``coef * learned`` (``mode="add"``: plus the env reward) into the chunks'
-    first ``n`` rewards, in order; return the env rewards they replaced.
-    """
-    env_rewards = np.concatenate([_first(e.rewards, n) for e, n in chunks]).astype(np.float64)
-    new = coef * learned.astype(np.float64)
-    if mode == "add":
-        new += env_rewards
-    start = 0
-    for episode, n in chunks:
-        _write_rewards(episode, new[start : start + n])
-        start += n
-    return env_rewards
-
-
-def _first(buffer: Any, n: int) -> np.ndarray:
-    """The first ``n`` items after the lookback of an episode's InfiniteLookbackBuffer.
-
-    Finalized (numpy) buffers are sliced directly; list buffers go through ``get``.
-    """
-    data = buffer.data
-    if isinstance(data, np.ndarray):
-        return data[buffer.lookback : buffer.lookback + n]
-    return np.asarray(buffer.get(slice(0, n)))
+        self.norm_sync.reset()
 
 
 def find_relabel_pieces(connector: ConnectorV2 | None) -> list[RelabelRewards]:
@@ -471,34 +317,3 @@ def _module_device(rl_module: RLModule | None) -> th.device | None:
             for p in module.parameters():
                 return p.device
     return None
-
-
-@functools.cache
-def _reward_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype a relabeled reward buffer keeps: its own, at least float32."""
-    return np.result_type(dtype, np.float32)
-
-
-def _write_rewards(episode: SingleAgentEpisode, rewards: np.ndarray) -> None:
-    """Overwrite the first ``len(rewards)`` rewards of the chunk (lookback untouched).
-
-    A finalized (numpy) reward buffer may be a view into a replay buffer's stored
-    episode (``EpisodeReplayBuffer`` slices without copying): it is never written;
-    the episode gets a new array, so relabeling a sample never changes the stored
-    env rewards.
-    """
-    buf = episode.rewards
-    data = buf.data
-    if isinstance(data, np.ndarray):
-        # Written directly: InfiniteLookbackBuffer.set would check each value against
-        # the reward space one scalar at a time (and warn about casting each).
-        dtype = _reward_dtype(data.dtype)
-        if buf.lookback == 0 and len(data) == len(rewards):
-            # The chunk is the whole buffer (replay samples): the rewards become it.
-            buf.data = rewards.astype(dtype, copy=False)
-        else:
-            data = data.astype(dtype, copy=True)
-            data[buf.lookback : buf.lookback + len(rewards)] = rewards
-            buf.data = data
-    else:
-        episode.set_rewards(new_data=rewards.tolist(), at_indices=slice(0, len(rewards)))

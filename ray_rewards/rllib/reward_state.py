@@ -12,8 +12,6 @@ relabeled transition. Checkpoints save that copy as ``<checkpoint>/reward_net.pt
 
 from __future__ import annotations
 
-import os
-import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +21,11 @@ from ray.rllib.connectors.learner import AddNextObservationsFromEpisodesToTrainB
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.env import INPUT_ENV_SINGLE_SPACES
 
-from ray_rewards import networks, serialize
+from ray_rewards import file_format, networks, storage
+from ray_rewards.inspect import format_chain
 from ray_rewards.reward_nets import RewardNet
+from ray_rewards.rllib._compat import aggregator_actors, config_learner_connector, learner_pipeline
+from ray_rewards.rllib.learner_connector import LearnedRewardConnector
 from ray_rewards.rllib.relabel_connector import (
     RelabelRewards,
     find_relabel_pieces,
@@ -35,9 +36,7 @@ from ray_rewards.stats import Moments
 if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
 
-    from ray_rewards.rllib.config import LearnedRewardConnector
-
-REWARD_NET_FILE = "reward_net.pt"
+REWARD_NET_FILE = storage.NET_FILE
 _STATE_ATTR = "_ray_rewards_learned_reward"
 
 
@@ -100,7 +99,7 @@ class LearnedRewardState:
         may_move = self.connector.previous is None
 
         def on_learner(learner: Any) -> None:
-            pipeline = getattr(learner, "_learner_connector", None)
+            pipeline = learner_pipeline(learner)
             pieces = find_relabel_pieces(pipeline)
             if not pieces:
                 return
@@ -132,10 +131,7 @@ class LearnedRewardState:
         if not self.update_stats:
             return None
         reports = _foreach_piece(algorithm, lambda piece: piece.norm_report())
-        merged = {
-            name: Moments.merge_all([base, *(r[name] for r in reports)])
-            for name, base in networks.norm_moments(self.net).items()
-        }
+        merged = networks.merge_norm_reports(networks.norm_moments(self.net), reports)
         networks.set_norm_moments(self.net, merged)
         _foreach_piece(algorithm, lambda piece: piece.absorb_norm_moments(merged))
         return merged
@@ -152,7 +148,7 @@ class LearnedRewardState:
     def save(self, path: str, filesystem: pafs.FileSystem | None = None) -> str:
         """Write the net (merged statistics included) as ``<path>/reward_net.pt``."""
         target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
-        serialize.save(self.net, target, filesystem=filesystem)
+        file_format.save(self.net, target, filesystem=filesystem)
         return target
 
     def restore(
@@ -161,13 +157,13 @@ class LearnedRewardState:
         """Load ``<path>/reward_net.pt`` (if there is one) here and into every copy."""
         target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
         try:
-            net = serialize.load(target, device="cpu", filesystem=filesystem)
+            net = file_format.load(target, device="cpu", filesystem=filesystem)
         except FileNotFoundError:
             return False
         if type(net) is not type(self.net):
             raise TypeError(
-                f"{target}: holds a {serialize.format_chain(net)}, but the algorithm relabels "
-                f"with a {serialize.format_chain(self.net)}"
+                f"{target}: holds a {format_chain(net)}, but the algorithm relabels "
+                f"with a {format_chain(self.net)}"
             )
         self.net = net
         self.push(algorithm)
@@ -178,9 +174,7 @@ def state_of(algorithm: Algorithm) -> LearnedRewardState:
     """The algorithm's LearnedRewardState, created on first use from its config."""
     state = getattr(algorithm, _STATE_ATTR, None)
     if state is None:
-        from ray_rewards.rllib.config import LearnedRewardConnector
-
-        connector = getattr(algorithm.config, "_learner_connector", None)
+        connector = config_learner_connector(algorithm.config)
         if not isinstance(connector, LearnedRewardConnector):
             raise ValueError(
                 "this algorithm's config has no learned reward: its learner_connector is "
@@ -197,10 +191,10 @@ def _foreach_piece(algorithm: Algorithm, fn: Callable[[RelabelRewards], Any]) ->
     """``fn(piece)`` for every RelabelRewards of every Learner and aggregator actor."""
 
     def on_learner(learner: Any) -> list[Any]:
-        return [fn(p) for p in find_relabel_pieces(getattr(learner, "_learner_connector", None))]
+        return [fn(p) for p in find_relabel_pieces(learner_pipeline(learner))]
 
     results = [r for per_learner in _foreach_learner(algorithm, on_learner) for r in per_learner]
-    aggregators = getattr(algorithm, "_aggregator_actor_manager", None)
+    aggregators = aggregator_actors(algorithm)
     if aggregators is not None:
         for result in aggregators.foreach_actor(on_learner):
             if not result.ok:
@@ -217,17 +211,3 @@ def _foreach_learner(algorithm: Algorithm, fn: Callable[[Any], Any]) -> list[Any
             raise result.get()
         results.append(result.get())
     return results
-
-
-def resolve_path(
-    path: str | os.PathLike | None, filesystem: pafs.FileSystem | None
-) -> tuple[str | None, pafs.FileSystem | None]:
-    """``(path within filesystem, filesystem)`` for a local path or URI (None stays None)."""
-    if path is None:
-        return None, filesystem
-    if isinstance(path, pathlib.Path):
-        path = path.as_posix()
-    path = os.fspath(path)
-    if filesystem is None and "://" in path:
-        filesystem, path = pafs.FileSystem.from_uri(path)
-    return path, filesystem
