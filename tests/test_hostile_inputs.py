@@ -10,10 +10,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from helpers import make_net
+from helpers import make_net, random_transitions
 from torch import nn
 
-from ray_rewards import networks, serialize
+from ray_rewards import data, networks, serialize
 from ray_rewards.networks import EMANorm, RunningNorm
 from ray_rewards.reward_nets import BasicRewardNet
 
@@ -226,3 +226,76 @@ def test_tensors_unlike_the_recorded_architecture_are_refused(tmp_path):
     th.save(net, path)
     with pytest.raises(ValueError, match=r"records weight of shape \(8, 8\) but holds \(8, 13\)"):
         serialize.load(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Relabeling data
+# ---------------------------------------------------------------------------------------
+
+
+def transition_table(n: int = 64, bad_row: int | None = None) -> dict[str, np.ndarray]:
+    cols = random_transitions(np.random.default_rng(1), n)
+    cols["obs"] = cols["obs"].astype(np.float64)
+    if bad_row is not None:
+        cols["obs"][bad_row, 1] = np.nan
+    return {"id": np.arange(n), **cols}
+
+
+def as_dataset(cols: dict[str, np.ndarray]):
+    import ray
+
+    n = len(cols["id"])
+    return ray.data.from_items([{k: v[i] for k, v in cols.items()} for i in range(n)])
+
+
+def test_one_bad_row_fails_the_relabel_and_merges_nothing(ray_session):
+    net = make_net(normalized=True)
+    before = networks.norm_moments(net)
+    ds = as_dataset(transition_table(bad_row=17))
+    with pytest.raises(
+        Exception, match=r"state: expected finite values, got NaN or inf at rows 17"
+    ):
+        data.relabel_dataset(ds, net, update_stats=True, batch_size=64)
+    assert_unchanged(net, before)
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        ("", "expected a non-empty column name"),
+        ("  ", "expected a non-empty column name"),
+        ("id", "already has a column 'id'"),
+        ("obs", "one of RLlib's columns"),
+    ],
+)
+def test_output_column_names_are_checked(ray_session, column, message):
+    with pytest.raises(ValueError, match=message):
+        data.relabel_dataset(as_dataset(transition_table(8)), make_net(), column=column)
+
+
+def write_parquet(path, cols: dict[str, np.ndarray]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(path, exist_ok=True)
+    table = pa.table({k: list(v) if v.ndim > 1 else v for k, v in cols.items()})
+    pq.write_table(table, os.path.join(path, "part-0.parquet"))
+
+
+def test_output_inside_the_input_is_refused(ray_session, tmp_path):
+    source = tmp_path / "in"
+    write_parquet(source, transition_table(8))
+    for inside in (source / "out", source):
+        with pytest.raises(ValueError, match="is inside the input"):
+            data.relabel_parquet(str(source), str(inside), make_net())
+    assert os.listdir(source) == ["part-0.parquet"]
+
+
+def test_string_columns_say_what_was_expected(ray_session, tmp_path):
+    cols = transition_table(8)
+    cols["obs"] = np.array(["not packed"] * 8)
+    write_parquet(tmp_path / "in", cols)
+    with pytest.raises(Exception, match="expected RLlib's packed arrays") as info:
+        data.relabel_parquet(str(tmp_path / "in"), str(tmp_path / "out"), make_net())
+    assert "Incorrect padding" not in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -50,7 +50,13 @@ def unpack_array(packed: str | bytes) -> np.ndarray:
     """
     import lz4.frame
 
-    raw = lz4.frame.decompress(base64.b64decode(packed))
+    try:
+        raw = lz4.frame.decompress(base64.b64decode(packed, validate=True))
+    except (ValueError, RuntimeError) as err:  # binascii.Error is a ValueError
+        raise ValueError(
+            "expected RLlib's packed arrays (base64 of LZ4-compressed numpy pickles) or "
+            f"numeric values, got strings that are neither: {str(packed)[:40]!r}"
+        ) from err
     return np.asarray(_NumpyUnpickler(io.BytesIO(raw)).load())
 
 

@@ -40,6 +40,7 @@ def relabel_parquet(
     Raises:
         FileExistsError: ``output_path`` exists and is not an empty directory.
     """
+    _check_output_outside_input(input_path, output_path)
     with storage.publish_dir(output_path) as tmp:
         if not isinstance(reward, RewardNet) and options.get("reward_type") != "zero":
             reward = load_reward_source(reward, "cpu")  # a bad file fails here, not in workers
@@ -54,6 +55,21 @@ def relabel_parquet(
             pq.ParquetFile(os.path.join(tmp, f)).metadata.num_rows
             for f in os.listdir(tmp)
             if f.endswith(".parquet")
+        )
+
+
+def _check_output_outside_input(input_path: str, output_path: str) -> None:
+    """ValueError when the output would land inside the input folder (a later run would
+    read its own output as input).
+    """
+    if storage.is_uri(input_path):
+        return
+    source = os.path.realpath(input_path)
+    target = os.path.realpath(output_path)
+    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+        raise ValueError(
+            f"output {output_path} is inside the input {input_path}; choose an output "
+            "outside it (a later run would read the output as input)"
         )
 
 

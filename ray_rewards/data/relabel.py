@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -122,9 +122,27 @@ class _RelabelBatches:
             added = self.sync.report()
             self.sync.reset()
             ray.get(self.collector.add.remote(added))
-        if self.column in batch.column_names:
-            batch = batch.drop_columns([self.column])
+        check_output_column(self.column, batch.column_names)
         return batch.append_column(self.column, pa.array(rewards))
+
+
+def check_output_column(column: Any, existing: Sequence[str] = ()) -> None:
+    """ValueError unless ``column`` is a usable name for the new column: a non-empty
+    string that is neither one of RLlib's columns nor already in the data (the
+    original data is never overwritten).
+    """
+    if not isinstance(column, str) or not column.strip():
+        raise ValueError(f"column: expected a non-empty column name, got {column!r}")
+    if column in RLLIB_COLUMNS:
+        raise ValueError(
+            f"column: {column!r} is one of RLlib's columns {list(RLLIB_COLUMNS)}; choose "
+            "another name (the original data is kept; rename it afterwards if you want)"
+        )
+    if column in existing:
+        raise ValueError(
+            f"column: the data already has a column {column!r}; choose another name "
+            "(nothing is overwritten)"
+        )
 
 
 def relabel_dataset(
@@ -148,7 +166,8 @@ def relabel_dataset(
         reward: a RewardNet (shipped to the workers as bytes of the saved format), a
             path saved by ray_rewards, or the bytes of such a file.
         column: name of the new column (float rewards, one per row); RLlib's own
-            column names are refused so the original data is never overwritten.
+            column names and columns the data already has are refused, so the
+            original data is never overwritten.
         reward_type: a :func:`~ray_rewards.serialize.load_reward` type (e.g.
             ``"RewardNet_unnormalized"``); None uses the net's ``predict_processed``.
         update_stats: update the normalization statistics with every batch and merge
@@ -169,11 +188,7 @@ def relabel_dataset(
             ``update_stats`` without a RewardNet object. Batches whose shapes do not
             fit the net fail during execution with a ValueError naming the column.
     """
-    if column in RLLIB_COLUMNS:
-        raise ValueError(
-            f"column: {column!r} is one of RLlib's columns {list(RLLIB_COLUMNS)}; choose "
-            "another name (the original data is kept; rename it afterwards if you want)"
-        )
+    check_output_column(column)
     if update_stats and not isinstance(reward, RewardNet):
         raise ValueError(
             "update_stats=True merges the statistics back into the net: pass the RewardNet "
@@ -202,6 +217,7 @@ def relabel_dataset(
         net = None if reward_type == "zero" else load_reward_source(reward, "cpu")
     schema = ds.schema(fetch_if_missing=False)
     if schema is not None:
+        check_output_column(column, schema.names)
         check_schema(list(schema.names), list(schema.types), net)
     collector = _MomentsCollector.remote() if update_stats else None
     sync = networks.NormSync(reward) if update_stats else None
