@@ -10,7 +10,7 @@ import pickle
 
 import click
 
-from ray_rewards import __version__, serialize
+from ray_rewards import __version__, jobs, serialize
 
 
 @click.group()
@@ -103,7 +103,8 @@ def train_reward(config_path: str, address: str | None) -> None:
 
     CONFIG maps the fields of ray_rewards.train.TrainConfig, e.g. train_data,
     eval_data, loss (preference, airl, gail, regression), env, net_kwargs, epochs,
-    batch_size, num_workers, output. Prints one line per epoch.
+    batch_size, num_workers, output; relative paths are relative to CONFIG's folder.
+    Prints one line per epoch.
     """
     import ray
     import ray.train
@@ -143,6 +144,27 @@ def pipeline(output_dir: str | None, seed: int, **sizes: int | None) -> None:
     overrides = {k: v for k, v in sizes.items() if v is not None}
     cfg = pipeline_module.PipelineConfig(output_dir=output_dir, seed=seed, **overrides)
     pipeline_module.run(cfg)
+
+
+@main.command("job")
+@click.argument("job_name", metavar="JOB", type=click.Choice(sorted(jobs.JOBS)))
+@click.option(
+    "--config", "config_path", required=True, help="The job's YAML (or JSON) config file."
+)
+@click.option(
+    "--storage-path", default=None, help="Where results go; overrides the file's storage_path."
+)
+def job(job_name: str, config_path: str, storage_path: str | None) -> None:
+    """Run JOB (pipeline, train, rllib, relabel) on the connected Ray cluster with the
+    settings in --config; results go to its storage_path (see ray_rewards.jobs).
+
+    This is what `ray job submit ... -- python -m ray_rewards.jobs JOB --config FILE` runs.
+    """
+    try:
+        cfg = jobs.load_config(config_path, job_name, storage_path=storage_path)
+    except (OSError, ValueError, TypeError) as err:
+        raise click.UsageError(str(err)) from err
+    jobs.run_job(cfg)
 
 
 if __name__ == "__main__":

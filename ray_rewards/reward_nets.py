@@ -52,6 +52,10 @@ def _drop_unused(x: Any, used: bool, batch_size: int, name: str) -> Any:
     return None
 
 
+def _not_a_bool(update_stats: Any) -> TypeError:
+    return TypeError(f"predict_processed: update_stats must be True or False, got {update_stats!r}")
+
+
 def _check_reward_shape(rew: th.Tensor, batch_size: int, who: str) -> th.Tensor:
     if tuple(rew.shape) != (batch_size,):
         raise ValueError(
@@ -182,8 +186,22 @@ class RewardNet(nn.Module, abc.ABC):
         done: Any | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """Rewards for RL, post-processed (e.g. normalized) by wrappers; here ``predict``."""
-        del kwargs
+        """Rewards for RL, post-processed (e.g. normalized) by wrappers; here ``predict``.
+
+        Keyword arguments are for wrappers (``update_stats`` of NormalizedRewardNet,
+        ``alpha`` of AddSTDRewardWrapper). ``update_stats`` is accepted (a bool) and
+        has no effect here, as in imitation, so one call serves plain and normalized
+        nets; any other keyword that reaches a net with no use for it is a TypeError
+        naming it, not silently ignored.
+        """
+        unexpected = sorted(k for k in kwargs if k != "update_stats")
+        if unexpected:
+            raise TypeError(
+                f"{type(self).__name__}.predict_processed got unexpected keyword argument(s) "
+                f"{unexpected}; no wrapper in this net takes them"
+            )
+        if not isinstance(kwargs.get("update_stats", False), (bool, np.bool_)):
+            raise _not_a_bool(kwargs["update_stats"])
         return self.predict(state, action, next_state, done)
 
     @property
@@ -629,9 +647,7 @@ class NormalizedRewardNet(PredictProcessedWrapper):
         base's rewards are not finite; TypeError unless ``update_stats`` is a bool.
         """
         if not isinstance(update_stats, (bool, np.bool_)):
-            raise TypeError(
-                f"predict_processed: update_stats must be True or False, got {update_stats!r}"
-            )
+            raise _not_a_bool(update_stats)
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
         if not np.isfinite(rew).all():
             raise ValueError(

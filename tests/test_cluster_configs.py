@@ -5,14 +5,13 @@
 - KubeRay manifests: the CRD structure we rely on (from KubeRay's ray.io/v1 Go types:
   RayClusterSpec, HeadGroupSpec, WorkerGroupSpec, RayJobSpec), then Ray's own KubeRay
   autoscaler code turning the RayCluster into an autoscaler config.
-- Job configs: every file parses for its job; bad configs fail with clear errors.
+- Job configs: every file parses for its job (the parser itself: test_job_configs.py).
 """
 
 from __future__ import annotations
 
 import copy
 import glob
-import json
 import os
 import shlex
 import subprocess
@@ -20,7 +19,6 @@ import subprocess
 import jsonschema
 import pytest
 import yaml
-from click.testing import CliRunner
 from ray.autoscaler._private.kuberay.autoscaling_config import (
     _derive_autoscaling_config_from_ray_cr,
 )
@@ -415,164 +413,6 @@ def test_cpu_worker_resource_is_what_the_local_cluster_and_the_cloud_configs_off
     for path in LAUNCHER_CONFIGS:
         types = _load(path)["available_node_types"].values()
         assert any(CPU_WORKER in t["resources"] for t in types)
-
-
-def _write(tmp_path, data, name="job.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
-    return str(path)
-
-
-def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
-    path = _write(
-        tmp_path,
-        {"storage_path": "out", "relabel": {"input": "data/x", "reward": "s3://b/net.pt"}},
-    )
-    cfg = jobs.load_config(path, "relabel")
-    assert cfg.storage_path == str(tmp_path / "out")
-    assert cfg.settings.input == str(tmp_path / "data" / "x")
-    assert cfg.settings.reward == "s3://b/net.pt"
-    override = jobs.load_config(path, "relabel", storage_path="gs://b/run2")
-    assert override.storage_path == "gs://b/run2"
-    # A command-line override is relative to the working directory.
-    monkeypatch.chdir(tmp_path / "..")
-    local = jobs.load_config(path, "relabel", storage_path="runs/2")
-    assert local.storage_path == str(tmp_path.parent / "runs" / "2")
-
-
-def test_values_are_converted_and_type_checked(tmp_path):
-    cfg = jobs.parse_config(
-        {"storage_path": "/r", "pipeline": {"hid_sizes": [8, 8], "lr": 1, "num_pairs": 10}},
-        "pipeline",
-    )
-    assert cfg.settings.hid_sizes == (8, 8) and cfg.settings.lr == 1.0
-    assert isinstance(cfg.settings.lr, float)
-
-
-@pytest.mark.parametrize(
-    ("job", "data", "error", "match"),
-    [
-        ("pipeline", ["not", "a", "mapping"], ValueError, "expected a mapping"),
-        ("pipeline", {"pipeline": {}}, ValueError, "'storage_path' is required"),
-        ("pipeline", {"storage_path": "/r", "train": {}}, ValueError, "section for job 'train'"),
-        (
-            "pipeline",
-            {"storage_path": "/r", "pipline": {}},
-            ValueError,
-            r"unknown top-level.*pipline",
-        ),
-        ("pipeline", {"storage_path": "/r", "pipeline": {"epoch": 3}}, ValueError, "epoch"),
-        (
-            "pipeline",
-            {"storage_path": "/r", "pipeline": {"epochs": "3"}},
-            TypeError,
-            r"pipeline\.epochs: expected int, got '3'",
-        ),
-        (
-            "pipeline",
-            {"storage_path": "/r", "pipeline": {"hid_sizes": [8, "x"]}},
-            TypeError,
-            "hid_sizes",
-        ),
-        (
-            "pipeline",
-            {"storage_path": "/r", "pipeline": {"output_dir": "x"}},
-            ValueError,
-            "set by the job",
-        ),
-        ("pipeline", {"storage_path": "s3://b/p", "pipeline": {}}, ValueError, "work_dir"),
-        (
-            "relabel",
-            {"storage_path": "/r", "work_dir": "/w", "relabel": {}},
-            ValueError,
-            "pipeline setting",
-        ),
-        (
-            "relabel",
-            {"storage_path": "/r", "relabel": {"input": "x"}},
-            ValueError,
-            r"missing required keys \['reward'\]",
-        ),
-        (
-            "relabel",
-            {"storage_path": "/r", "relabel": {"input": "x", "reward": "y", "update_stats": "yes"}},
-            TypeError,
-            "update_stats: expected bool",
-        ),
-        (
-            "train",
-            {
-                "storage_path": "/r",
-                "train": {"train_data": "d", "env": "Pendulum-v1", "output": "n.pt"},
-            },
-            ValueError,
-            "train.output is set by the job",
-        ),
-        (
-            "train",
-            {"storage_path": "/r", "train": {"train_data": "s3://b/d", "env": "E"}},
-            ValueError,
-            "train_data is a URI",
-        ),
-        (
-            "train",
-            {"storage_path": "/r", "train": {"train_data": "d", "env": "E", "loss": "hinge"}},
-            ValueError,
-            r"train: loss: expected one of",
-        ),
-        (
-            "rllib",
-            {"storage_path": "/r", "rllib": {"reward": "n.pt"}},
-            ValueError,
-            "iterations, env_steps or both",
-        ),
-        (
-            "rllib",
-            {"storage_path": "/r", "rllib": {"reward": "n.pt", "iterations": 0}},
-            ValueError,
-            r"rllib\.iterations: expected >= 1",
-        ),
-        ("fly", {"storage_path": "/r"}, ValueError, "unknown job 'fly'"),
-    ],
-)
-def test_bad_config_errors_name_the_problem(job, data, error, match):
-    with pytest.raises(error, match=match):
-        jobs.parse_config(data, job, source="job.yaml")
-
-
-def test_bad_rllib_settings_name_the_key():
-    with pytest.raises(ValueError, match=r"rllib\.config\.num_env_runnerz"):
-        jobs.algorithm_config(
-            jobs.RLlibJobConfig(reward="n.pt", iterations=1, config={"num_env_runnerz": 2})
-        )
-    with pytest.raises(ValueError, match="rllib.algorithm"):
-        jobs.algorithm_config(jobs.RLlibJobConfig(reward="n.pt", iterations=1, algorithm="PPX"))
-
-
-def test_cli_reports_config_errors_without_a_traceback(tmp_path):
-    result = CliRunner().invoke(
-        jobs.main, ["relabel", "--config", _write(tmp_path, {"storage_path": "/r"})]
-    )
-    assert result.exit_code == 2
-    assert "missing required keys ['input', 'reward']" in result.output
-    missing = CliRunner().invoke(jobs.main, ["relabel", "--config", str(tmp_path / "no.yaml")])
-    assert missing.exit_code == 2 and "No such file" in missing.output
-    bad_yaml = CliRunner().invoke(jobs.main, ["relabel", "--config", _write(tmp_path, "a: [")])
-    assert bad_yaml.exit_code == 2 and "not valid YAML" in bad_yaml.output
-
-
-def test_a_finished_run_is_never_overwritten(tmp_path):
-    (tmp_path / jobs.RESULTS_FILE).write_text(json.dumps({"job": "relabel"}))
-    cfg = jobs.parse_config(
-        {"storage_path": str(tmp_path), "relabel": {"input": "x", "reward": "y"}}, "relabel"
-    )
-    with pytest.raises(FileExistsError, match="finished job's results"):
-        jobs.run_job(cfg)
-
-
-def test_storage_join_keeps_uris():
-    assert jobs.storage_join("s3://b/p/", "x", "y.pt") == "s3://b/p/x/y.pt"
-    assert jobs.storage_join("/r", "x") == os.path.join("/r", "x")
 
 
 @pytest.mark.parametrize(

@@ -299,3 +299,15 @@ def test_string_columns_say_what_was_expected(ray_session, tmp_path):
         data.relabel_parquet(str(tmp_path / "in"), str(tmp_path / "out"), make_net())
     assert "Incorrect padding" not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_predict_processed_keywords_are_named(net):
+    with pytest.raises(TypeError, match=r"BasicRewardNet.predict_processed got .* \['bogus'\]"):
+        net.predict_processed(*clean_batch(), bogus=1)
+    plain = make_net()  # update_stats is accepted by every net, as in imitation
+    np.testing.assert_array_equal(
+        plain.predict_processed(*clean_batch(), update_stats=False),
+        plain.predict(*clean_batch()),
+    )
+    with pytest.raises(TypeError, match="update_stats must be True or False"):
+        plain.predict_processed(*clean_batch(), update_stats="no")

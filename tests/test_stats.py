@@ -47,8 +47,13 @@ def test_of_matches_numpy(data):
 
 
 @SETTINGS
-@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 60),
-                  elements=st.floats(-1e3, 1e3, width=32)))
+@given(
+    hnp.arrays(
+        st.sampled_from([np.float32, np.float64]),
+        st.integers(1, 60),
+        elements=st.floats(-1e3, 1e3, width=32),
+    )
+)
 def test_column_moments_match_numpy_and_moments_of(column):
     n, mean, var = column_moments(column)
     assert (n, type(mean), type(var)) == (len(column), float, float)

@@ -11,6 +11,7 @@ import ray.train
 import torch as th
 import yaml
 from click.testing import CliRunner
+from helpers import random_transitions
 
 from ray_rewards import networks, serialize
 from ray_rewards.cli import main as cli
@@ -22,15 +23,10 @@ PAIRS, LENGTH, EPOCHS, BATCH = 96, 4, 3, 16
 
 
 def _transitions(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    obs = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
-    act = rng.uniform(-2, 2, (n, 1)).astype(np.float32)
-    return {
-        "obs": obs,
-        "actions": act,
-        "new_obs": np.roll(obs, -1, axis=0),
-        "terminateds": np.zeros(n, bool),
-        "rewards": obs[:, 0] - obs[:, 2] ** 2 - 0.1 * act[:, 0] ** 2,
-    }
+    """Random transitions with a reward for the preference oracle."""
+    cols = random_transitions(rng, n)
+    obs, act = cols["obs"], cols["actions"]
+    return {**cols, "rewards": obs[:, 0] - obs[:, 2] ** 2 - 0.1 * act[:, 0] ** 2}
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +146,7 @@ def test_two_workers_crashed_and_resumed_train_the_same_net_as_one(data, tmp_pat
     assert m_one.count == m_two.count == 2 * PAIRS * LENGTH
     np.testing.assert_allclose(m_two.var, m_one.var, rtol=1e-4)
     # So the rewards RL sees (normalized; the free bias drops out) are the same.
-    t = _transitions(64, np.random.default_rng(1))
+    t = random_transitions(np.random.default_rng(1), 64)
     args = (t["obs"], t["actions"], t["new_obs"], t["terminateds"])
     np.testing.assert_allclose(
         net_two.predict_processed(*args, update_stats=False),

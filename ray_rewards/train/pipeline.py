@@ -14,7 +14,7 @@
    by the env's true return: the learning curves (what their env runners saw) and
    a final evaluation of each greedy policy.
 
-Run ``ray-rewards pipeline`` (or ``python -m ray_rewards.train.pipeline``). Results go
+Run ``ray-rewards pipeline`` (or call :func:`run`). Results go
 to ``./results/<timestamp>/``: ``summary.json``, ``curves.csv``,
 ``learning_curves.png`` (with matplotlib, the ``plot`` extra), ``reward_net.pt`` and
 the Parquet data.
@@ -27,15 +27,13 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ray_rewards import serialize
+from ray_rewards import serialize, storage
 from ray_rewards.train import oracle, schemas, trainer
 
 # A reference "expert" return for Pendulum-v1 (about what a converged SAC or PPO policy
@@ -352,7 +350,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             lr=cfg.lr,
             num_workers=cfg.num_workers,
             seed=cfg.seed,
-            output=os.path.join(out_dir, "reward_net.pt"),
+            output=os.path.join(out_dir, storage.NET_FILE),
             storage_path=os.path.join(out_dir, "ray_train"),
         )
     )
@@ -437,14 +435,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         else "plot: not written (matplotlib is not installed: pip install 'ray_rewards[plot]')",
     ]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ray_rewards.train.pipeline [OPTIONS]``: ``ray-rewards pipeline [OPTIONS]``."""
-    from ray_rewards.cli import main as cli_main
-
-    cli_main(["pipeline", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    main()

@@ -18,8 +18,6 @@ Arrow tensors hold numbers only, so the ``terminateds`` of a fragment are 0/1 ui
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from gymnasium import spaces
 
-from ray_rewards import preprocessing
+from ray_rewards import preprocessing, storage
 
 TRANSITION_COLUMNS = ("obs", "actions", "new_obs", "terminateds")
 OPTIONAL_TRANSITION_COLUMNS = {
@@ -174,8 +172,9 @@ def write_parquet(
     """Write ``data`` (numpy columns or a table) as a local Parquet directory through Ray Data.
 
     The files are written to a temporary directory beside ``path`` and renamed into
-    place, so readers never see a half-written data set. Returns the absolute path.
-    Raises FileExistsError when ``path`` exists and not ``overwrite``.
+    place (:func:`ray_rewards.storage.publish_dir`), so readers never see a
+    half-written data set. Returns the absolute path. Raises FileExistsError when
+    ``path`` exists (other than as an empty folder) and not ``overwrite``.
     """
     import ray.data
 
@@ -183,23 +182,8 @@ def write_parquet(
     if not table.schema.equals(schema, check_metadata=False):
         raise ValueError(f"write_parquet: expected schema\n{schema}\ngot\n{table.schema}")
     path = os.path.abspath(os.fspath(path))
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"write_parquet: {path} exists (pass overwrite=True to replace)")
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
-    try:
+    with storage.publish_dir(path, overwrite=overwrite) as tmp:
         ray.data.from_arrow(table.replace_schema_metadata(schema.metadata)).write_parquet(tmp)
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.old.")
-            os.replace(path, os.path.join(old, "data"))
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
     return path
 
 
@@ -212,11 +196,9 @@ def read_parquet(path: str | os.PathLike, columns: Sequence[str] = ()) -> Any:
     """
     import ray.data
 
-    path = os.fspath(path)
-    if "://" not in path:
-        path = os.path.abspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"read_parquet: no data at {path}")
+    path = storage.absolute(path)
+    if not storage.is_uri(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"read_parquet: no data at {path}")
     ds = ray.data.read_parquet(path)
     missing = sorted(set(columns) - set(ds.schema().names))
     if missing:

@@ -41,14 +41,14 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 
-from ray_rewards import networks, reward_nets, serialize
+from ray_rewards import networks, reward_nets, serialize, storage
+from ray_rewards.config_file import PATH_FIELD, load_settings
 from ray_rewards.stats import Moments
 from ray_rewards.train import losses, schemas
 
 NET_CLASSES = ("BasicRewardNet", "BasicShapedRewardNet", "CNNRewardNet")
 NORM_CLASSES = {"RunningNorm": networks.RunningNorm, "EMANorm": networks.EMANorm}
 OPTIMIZERS = {"adam": th.optim.Adam, "adamw": th.optim.AdamW, "sgd": th.optim.SGD}
-NET_FILE = "reward_net.pt"
 STATE_FILE = "train_state.pt"
 PREDICT_CHUNK = 8192
 
@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """What to train, on what, and how (also the schema of ``ray-rewards train CONFIG``).
 
-    A CONFIG file, e.g.::
+    A CONFIG file (relative paths are relative to its folder), e.g.::
 
         train_data: data/train_pairs     # Parquet written by schemas.write_parquet
         eval_data: data/eval_pairs
@@ -97,15 +97,15 @@ class TrainConfig:
         verbose: log one progress line per epoch (from the rank-0 worker).
     """
 
-    train_data: str
+    train_data: str = field(metadata=PATH_FIELD)
     loss: str | losses.LossFn = "preference"
-    output: str = "reward_net.pt"
-    eval_data: str | None = None
+    output: str = field(default=storage.NET_FILE, metadata=PATH_FIELD)
+    eval_data: str | None = field(default=None, metadata=PATH_FIELD)
     env: str | None = None
     net: str = "BasicRewardNet"
     net_kwargs: dict[str, Any] = field(default_factory=dict)
     normalize_output: bool = False
-    init_net: str | None = None
+    init_net: str | None = field(default=None, metadata=PATH_FIELD)
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -116,7 +116,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     seed: int = 0
-    storage_path: str | None = None
+    storage_path: str | None = field(default=None, metadata=PATH_FIELD)
     name: str | None = None
     max_failures: int = 0
     verbose: bool = True
@@ -146,20 +146,10 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
-        """Read a YAML (or JSON) mapping of these fields; unknown keys are an error."""
-        import yaml
-
-        with open(path) as f:
-            data = yaml.safe_load(f)
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"{path}: expected a mapping of config fields, got {type(data).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        """Read a YAML (or JSON) mapping of these fields (see :mod:`ray_rewards.config_file`:
+        unknown keys and wrong types are errors; relative paths are relative to the file).
+        """
+        return load_settings(cls, path)
 
 
 @dataclass
@@ -241,7 +231,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            net = serialize.load(os.path.join(d, NET_FILE), device="cpu")
+            net = serialize.load(os.path.join(d, storage.NET_FILE), device="cpu")
             state = th.load(os.path.join(d, STATE_FILE), weights_only=True)
         start_epoch, history, opt_state = state["epoch"] + 1, state["history"], state["optimizer"]
     # Each worker keeps its own input statistics during an epoch (no buffer broadcast);
@@ -336,18 +326,6 @@ def _merge_input_norms(net: th.nn.Module, base: dict[str, Moments], world: int) 
         networks.set_norm_moments(net, merged)
 
 
-def check_mergeable(net: th.nn.Module, num_workers: int) -> None:
-    """ValueError when ``num_workers`` > 1 and a norm layer's statistics cannot be merged."""
-    if num_workers == 1:
-        return
-    for name, m in net.named_modules():
-        if isinstance(m, networks.BaseNorm) and not isinstance(m, networks.RunningNorm):
-            raise ValueError(
-                f"layer {name!r} is a {type(m).__name__}, whose statistics cannot be merged "
-                f"across {num_workers} workers; use RunningNorm or num_workers=1"
-            )
-
-
 def _fit_output_norm(
     net: reward_nets.NormalizedRewardNet, data: Mapping[str, np.ndarray], rank: int, world: int
 ) -> None:
@@ -409,7 +387,7 @@ def _report(
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as d:
-        serialize.save(net, os.path.join(d, NET_FILE))
+        serialize.save(net, os.path.join(d, storage.NET_FILE))
         th.save(
             {"epoch": epoch, "history": history, "optimizer": opt.state_dict()},
             os.path.join(d, STATE_FILE),
@@ -433,10 +411,10 @@ def build_trainer(cfg: TrainConfig) -> Any:
 
     cfg = dataclasses.replace(
         cfg,
-        train_data=_abspath_or_uri(cfg.train_data),
-        eval_data=cfg.eval_data and _abspath_or_uri(cfg.eval_data),
-        init_net=cfg.init_net and _abspath_or_uri(cfg.init_net),
-        storage_path=cfg.storage_path and _abspath_or_uri(cfg.storage_path),
+        train_data=storage.absolute(cfg.train_data),
+        eval_data=cfg.eval_data and storage.absolute(cfg.eval_data),
+        init_net=cfg.init_net and storage.absolute(cfg.init_net),
+        storage_path=cfg.storage_path and storage.absolute(cfg.storage_path),
     )
     columns = losses.LOSS_COLUMNS.get(cfg.loss, ()) if isinstance(cfg.loss, str) else ()
     datasets = {"train": schemas.read_parquet(cfg.train_data, columns)}
@@ -448,7 +426,8 @@ def build_trainer(cfg: TrainConfig) -> Any:
     else:
         obs_space, act_space = env_spaces(cfg.env)
         net = build_net(cfg, obs_space, act_space)
-    check_mergeable(net, cfg.num_workers)
+    if cfg.num_workers > 1:
+        networks.require_mergeable(net, f"num_workers={cfg.num_workers}", ValueError)
     return TorchTrainer(
         _train_loop,
         train_loop_config={"config": cfg, "spaces": (obs_space, act_space)},
@@ -474,10 +453,6 @@ def build_trainer(cfg: TrainConfig) -> Any:
     )
 
 
-def _abspath_or_uri(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     """Run the job to completion, save the final net to ``cfg.output``, return the history.
 
@@ -487,8 +462,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if result.checkpoint is None:
         raise RuntimeError("reward training finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        net = serialize.load(os.path.join(d, NET_FILE), device="cpu")
+        net = serialize.load(os.path.join(d, storage.NET_FILE), device="cpu")
         history = th.load(os.path.join(d, STATE_FILE), weights_only=True)["history"]
-    output = _abspath_or_uri(cfg.output)
+    output = storage.absolute(cfg.output)
     serialize.save(net, output)
     return TrainResult(net_path=output, history=history, checkpoint_path=result.checkpoint.path)

@@ -1,0 +1,243 @@
+"""The jobs' config files: each job's settings, and the table of how each job reads them.
+
+A config file holds ``storage_path``, one section named after the job (its settings
+dataclass, read by :func:`ray_rewards.config_file.build_settings`) and, where the
+job's :class:`JobSpec` allows it, ``work_dir``. A job's own rules live in its
+:data:`JOBS` entry: the fields it sets itself and a check run on the parsed config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray_rewards import config_file as config
+from ray_rewards import storage
+
+
+@dataclass
+class RLlibJobConfig:
+    """An RLlib algorithm trained on a saved reward net.
+
+    Attributes:
+        reward: path or URI of a net saved by ``ray_rewards.serialize.save``.
+        algorithm: a registered RLlib algorithm name (``PPO``, ``APPO``, ``SAC``...).
+        config: ``AlgorithmConfig`` settings by their attribute names, as
+            ``AlgorithmConfig.update_from_dict`` takes them (``env``,
+            ``num_env_runners``, ``custom_resources_per_env_runner``,
+            ``num_learners``, ``num_gpus_per_learner``, ``lr``...); ``model_config``
+            goes to ``rl_module(model_config=...)``.
+        reward_options: keyword arguments of ``with_learned_reward`` (``mode``,
+            ``coef``, ``update_stats``, ``env_actions``, ``predict_kwargs``).
+        iterations, env_steps: stop after this many ``train()`` calls or sampled env
+            steps, whichever comes first (at least one is required).
+        checkpoint: save the final algorithm (with the net) to
+            ``<storage_path>/checkpoint``.
+    """
+
+    reward: str = field(metadata=config.PATH_FIELD)
+    algorithm: str = "PPO"
+    config: dict[str, Any] = field(default_factory=dict)
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    iterations: int | None = None
+    env_steps: int | None = None
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        if self.iterations is None and self.env_steps is None:
+            raise ValueError("rllib: give iterations, env_steps or both (when to stop)")
+        for name in ("iterations", "env_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"rllib.{name}: expected >= 1, got {value}")
+
+
+@dataclass
+class RelabelJobConfig:
+    """Parquet transitions relabeled with a saved reward net (``relabel_dataset``'s options).
+
+    Attributes:
+        input: Parquet file or directory (local path or URI) with RLlib's columns.
+        reward: path or URI of the saved net.
+        column: the new column; reward_type: a ``load_reward`` type or None for the
+            net's ``predict_processed``; update_stats: update the net's normalization
+            statistics with every batch, merged over all actors, and save the net.
+        batch_size, concurrency, num_cpus, num_gpus: rows per forward pass, number of
+            actors, and resources of each (a GPU per actor puts the net on CUDA).
+        predict_kwargs: more keyword arguments of ``predict_processed``.
+    """
+
+    input: str = field(metadata=config.PATH_FIELD)
+    reward: str = field(metadata=config.PATH_FIELD)
+    column: str = "learned_rewards"
+    reward_type: str | None = None
+    update_stats: bool = False
+    batch_size: int = 1024
+    concurrency: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    predict_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobConfig:
+    """A parsed config file: which job, its settings and where its results go."""
+
+    job: str
+    storage_path: str
+    settings: Any
+    work_dir: str | None = None
+    source: str | None = None
+
+
+def _no_check(cfg: JobConfig, where: str) -> None:
+    """A job without rules beyond its settings class's own."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """How a job reads its config file.
+
+    Attributes:
+        settings: returns the settings dataclass (looked up when used:
+            ``ray_rewards.train`` imports this package's config loader).
+        owned: fields the job sets itself from ``storage_path`` (refused in the file).
+        work_dir: whether the file may give ``work_dir``, a local scratch directory.
+        check: the job's rules across settings, given the parsed config and the file's
+            name; raises ValueError naming the key.
+    """
+
+    settings: Callable[[], type]
+    owned: tuple[str, ...] = ()
+    work_dir: bool = False
+    check: Callable[[JobConfig, str], None] = _no_check
+
+
+def _pipeline_config() -> type:
+    from ray_rewards.train.pipeline import PipelineConfig
+
+    return PipelineConfig
+
+
+def _train_config() -> type:
+    from ray_rewards.train.trainer import TrainConfig
+
+    return TrainConfig
+
+
+def _check_pipeline(cfg: JobConfig, where: str) -> None:
+    if cfg.work_dir is not None and (
+        not isinstance(cfg.work_dir, str) or storage.is_uri(cfg.work_dir)
+    ):
+        raise ValueError(
+            f"{where}: 'work_dir' must be a local (shared) directory path, got {cfg.work_dir!r}"
+        )
+    if storage.is_uri(cfg.storage_path) and cfg.work_dir is None:
+        raise ValueError(
+            f"{where}: storage_path {cfg.storage_path!r} is a URI, but the pipeline writes "
+            "local files: set 'work_dir' to a directory every node can read (e.g. an "
+            "NFS/EFS mount); results are uploaded to storage_path at the end"
+        )
+
+
+def _check_train(cfg: JobConfig, where: str) -> None:
+    for name in ("train_data", "eval_data"):
+        value = getattr(cfg.settings, name)
+        if value is not None and storage.is_uri(value):
+            raise ValueError(
+                f"{where}: train.{name} is a URI ({value!r}); reward training reads "
+                "Parquet from a path every node can read (a shared filesystem)"
+            )
+
+
+JOBS: dict[str, JobSpec] = {
+    "pipeline": JobSpec(
+        _pipeline_config, owned=("output_dir",), work_dir=True, check=_check_pipeline
+    ),
+    "train": JobSpec(_train_config, owned=("output", "storage_path"), check=_check_train),
+    "rllib": JobSpec(lambda: RLlibJobConfig),
+    "relabel": JobSpec(lambda: RelabelJobConfig),
+}
+
+
+def load_config(path: storage.PathLike, job: str, storage_path: str | None = None) -> JobConfig:
+    """Read and check the config file of ``job``; ``storage_path`` overrides the file's
+    (a relative override is relative to the working directory, like any command-line path).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a mapping, unknown job, unknown/missing keys or a section for
+            another job (the message names the file and the key).
+        TypeError: a value of the wrong type.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if storage_path is not None:
+        storage_path = storage.absolute(storage_path)
+    _spec(job)  # an unknown job fails before the file is read
+    return parse_config(
+        config.read_file(path),
+        job,
+        base_dir=os.path.dirname(path),
+        source=path,
+        storage_path=storage_path,
+    )
+
+
+def parse_config(
+    data: Any,
+    job: str,
+    *,
+    base_dir: str | None = None,
+    source: str | None = None,
+    storage_path: str | None = None,
+) -> JobConfig:
+    """Check a config mapping (see :func:`load_config`); relative paths join ``base_dir``."""
+    where = source or "config"
+    spec = _spec(job)
+    data = config.require_mapping(data, where)
+    others = sorted(set(data) & (set(JOBS) - {job}))
+    if others:
+        raise ValueError(
+            f"{where}: has a section for job {others[0]!r}, but the job to run is {job!r}"
+        )
+    with_work_dir = [name for name, s in JOBS.items() if s.work_dir]
+    unknown = sorted(set(data) - {"storage_path", "work_dir", job})
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown top-level keys {unknown}; expected 'storage_path', "
+            f"'{job}' (the job's settings) and, for the {', '.join(with_work_dir)}, 'work_dir'"
+        )
+    if "work_dir" in data and not spec.work_dir:
+        raise ValueError(
+            f"{where}: 'work_dir' is a {', '.join(with_work_dir)} setting; job {job!r} has none"
+        )
+    base_dir = base_dir or os.getcwd()
+    storage_path = storage_path if storage_path is not None else data.get("storage_path")
+    if not isinstance(storage_path, str) or not storage_path:
+        raise ValueError(
+            f"{where}: 'storage_path' is required: a local path or a URI (s3://..., gs://...) "
+            f"where results go; got {storage_path!r}"
+        )
+    section = {} if data.get(job) is None else data[job]
+    owned = sorted(set(section) & set(spec.owned)) if isinstance(section, Mapping) else []
+    if owned:
+        raise ValueError(
+            f"{where}: {job}.{owned[0]} is set by the job from 'storage_path'; remove it"
+        )
+    settings = config.build_settings(
+        spec.settings(), section, prefix=job, base_dir=base_dir, exclude=spec.owned
+    )
+    work_dir = data.get("work_dir")
+    if isinstance(work_dir, str):
+        work_dir = config.resolve_path(work_dir, base_dir)
+    cfg = JobConfig(job, config.resolve_path(storage_path, base_dir), settings, work_dir, source)
+    spec.check(cfg, where)
+    return cfg
+
+
+def _spec(job: str) -> JobSpec:
+    if job not in JOBS:
+        raise ValueError(f"unknown job {job!r}; expected one of {sorted(JOBS)}")
+    return JOBS[job]
