@@ -52,8 +52,10 @@ def main() -> None:
     if args.eval_mode:
         net.eval()
     rng = np.random.default_rng(0)
-    print(f"torch {th.__version__}, threads {th.get_num_threads()}, {args.clock} clock, "
-          f"net in {'eval' if args.eval_mode else 'training'} mode")
+    print(
+        f"torch {th.__version__}, threads {th.get_num_threads()}, {args.clock} clock, "
+        f"net in {'eval' if args.eval_mode else 'training'} mode"
+    )
     print(f"{'batch':>6} {'raw forward/s':>15} {'predict_processed/s':>20} {'ratio':>7}")
     for batch in (8, 64, 4096):
         obs = rng.standard_normal((batch, 3), dtype=np.float32)
@@ -74,8 +76,7 @@ def main() -> None:
         for _ in range(args.rounds):  # alternate so both see the same machine load
             raw_s = min(raw_s, seconds_per_call(raw, calls, clock))
             proc_s = min(proc_s, seconds_per_call(processed, calls, clock))
-        print(f"{batch:>6} {batch / raw_s:>15,.0f} {batch / proc_s:>20,.0f} "
-              f"{raw_s / proc_s:>7.2f}")
+        print(f"{batch:>6} {batch / raw_s:>15,.0f} {batch / proc_s:>20,.0f} {raw_s / proc_s:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -311,3 +311,13 @@ def test_unknown_predict_processed_keywords_are_named(net):
     )
     with pytest.raises(TypeError, match="update_stats must be True or False"):
         plain.predict_processed(*clean_batch(), update_stats="no")
+
+
+def test_reward_actor_refuses_a_missing_or_unsafe_file_up_front(ray_session, tmp_path):
+    from ray_rewards.actors import RewardActor
+
+    with pytest.raises(FileNotFoundError, match="no saved reward net at .*missing.pt"):
+        RewardActor(str(tmp_path / "missing.pt"))
+    path = crafted(tmp_path, Calls(os.system, "true"))
+    with pytest.raises(serialize.UnsafeRewardFileError, match="posix.system"):
+        RewardActor(path)

@@ -22,7 +22,7 @@ import torch as th
 
 from ray_rewards import networks, storage
 from ray_rewards.actors.server import RemoteRewardServer, RewardActorError
-from ray_rewards.actors.wire import RewardSource, batch_rows, to_wire
+from ray_rewards.actors.wire import RewardSource, batch_rows, load_reward_source, to_wire
 from ray_rewards.stats import Moments
 
 
@@ -157,6 +157,10 @@ class RewardActor(_RewardClient):
         if name is not None:
             options["name"] = name
         wire = to_wire(reward)
+        if isinstance(wire, str):
+            # Fail here, naming the file, rather than in the actor's constructor, where a
+            # missing or unsafe file would surface as "actor died" at the first request.
+            load_reward_source(wire, "cpu")
         if isinstance(wire, bytes):
             # The net's bytes go to the object store once, and this client keeps them
             # alive: Ray re-runs the constructor on a restart and does not pin large
