@@ -95,31 +95,47 @@ def relabel(
     )
 
 
+class ConfigError(click.ClickException):
+    """A bad config or input: printed without a traceback, exit code 2 (a usage error)."""
+
+    exit_code = 2
+
+
 @main.command("train")
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local).")
-def train_reward(config_path: str, address: str | None) -> None:
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Delete the named run's earlier checkpoints and start over instead of resuming.",
+)
+def train_reward(config_path: str, address: str | None, fresh: bool) -> None:
     """Train a reward net as a Ray Train job described by the YAML (or JSON) file CONFIG.
 
     CONFIG maps the fields of ray_rewards.train.TrainConfig, e.g. train_data,
     eval_data, loss (preference, airl, gail, regression), env, net_kwargs, epochs,
     batch_size, num_workers, output; relative paths are relative to CONFIG's folder.
-    Prints one line per epoch.
+    Every problem with CONFIG and its inputs is reported before Ray starts (exit code
+    2). A run with a name resumes from its checkpoints; one whose config changed what
+    defines the net or the data is refused unless --fresh. Prints one line per epoch.
     """
-    import ray
-    import ray.train
-
-    from ray_rewards.train import trainer
+    from ray_rewards.train import trainer, validation
 
     try:
         cfg = trainer.TrainConfig.from_file(config_path)
     except (OSError, ValueError, TypeError) as err:
-        raise click.ClickException(str(err)) from err
+        raise ConfigError(str(err)) from err
+    problems = validation.input_problems(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    import ray
+    import ray.train
+
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
     try:
-        result = trainer.train(cfg)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        result = trainer.train(cfg, fresh=fresh)
+    except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
         raise click.ClickException(str(err)) from err
     except ray.train.TrainingFailedError as err:
         raise click.ClickException(f"reward training failed: {err}") from err
@@ -163,7 +179,7 @@ def job(job_name: str, config_path: str, storage_path: str | None) -> None:
     try:
         cfg = jobs.load_config(config_path, job_name, storage_path=storage_path)
     except (OSError, ValueError, TypeError) as err:
-        raise click.UsageError(str(err)) from err
+        raise ConfigError(str(err)) from err
     jobs.run_job(cfg)
 
 

@@ -321,3 +321,93 @@ def test_reward_actor_refuses_a_missing_or_unsafe_file_up_front(ray_session, tmp
     path = crafted(tmp_path, Calls(os.system, "true"))
     with pytest.raises(serialize.UnsafeRewardFileError, match="posix.system"):
         RewardActor(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Reward-training configs
+# ---------------------------------------------------------------------------------------
+
+
+def test_every_bad_training_setting_is_named_at_once(tmp_path):
+    from ray_rewards.train import TrainConfig
+
+    bad = {
+        "lr": "abc",
+        "weight_decay": -5,
+        "cpus_per_worker": -1,
+        "loss_kwargs": {"bogus": 1},
+        "max_failures": -7,
+        "train_data": 42,
+        "net_kwargs": {"hid_sizes": [-5], "activation": "Linear", "widht": 3},
+    }
+    with pytest.raises(ValueError) as info:
+        TrainConfig(env="Pendulum-v1", **bad)
+    lines = str(info.value).splitlines()
+    for key in ("lr", "weight_decay", "cpus_per_worker", "loss_kwargs", "max_failures"):
+        assert any(line.startswith(f"{key}: ") for line in lines), (key, lines)
+    assert any(line.startswith("train_data: expected a path or URI, got 42") for line in lines)
+    assert any("net_kwargs.hid_sizes: expected a list of integers >= 1" in x for x in lines)
+    assert any("net_kwargs.activation:" in x and "'Linear'" in x for x in lines)
+    assert any("['widht'] are not arguments of BasicRewardNet" in x for x in lines)
+    with pytest.raises(ValueError, match=r"^net_kwargs: expected a mapping"):
+        TrainConfig(train_data="d", env="Pendulum-v1", net_kwargs=[1, 2])
+
+
+def run_train_cli(tmp_path, **settings):
+    import time
+
+    import yaml
+    from click.testing import CliRunner
+
+    from ray_rewards.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(settings) if settings else "env: [unclosed")
+    start = time.monotonic()
+    result = CliRunner().invoke(main, ["train", str(config)])
+    return result, time.monotonic() - start
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "not valid YAML"),
+        ({"train_data": "data", "env": "NoSuchEnv-v0"}, "'NoSuchEnv-v0' is not a registered"),
+        ({"train_data": "data", "env": "Pendulum-v1", "lr": -1}, "lr: expected a number > 0"),
+        ({"train_data": "missing", "env": "Pendulum-v1"}, "train_data: .*missing does not exist"),
+        (
+            {"train_data": "data", "env": "Pendulum-v1", "output": "crafted.pt/reward_net.pt"},
+            "output: cannot write .*crafted.pt/reward_net.pt",
+        ),
+        (
+            {"train_data": "data", "init_net": "crafted.pt"},
+            "init_net: refused to load .*posix.system",
+        ),
+    ],
+)
+def test_train_cli_names_user_errors_without_a_traceback(tmp_path, settings, message):
+    import re
+
+    (tmp_path / "data").mkdir()
+    crafted(tmp_path, Calls(os.system, "true"))
+    result, seconds = run_train_cli(tmp_path, **settings)
+    assert result.exit_code == 2, result.output
+    assert re.search(message, result.output), result.output
+    assert "Traceback" not in result.output and seconds < 10
+
+
+def test_use_gpu_without_gpus_fails_at_once(ray_session, tmp_path):
+    import time
+
+    from ray_rewards.train import TrainConfig, validation
+
+    cfg = TrainConfig(train_data=str(tmp_path), env="Pendulum-v1", use_gpu=True)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="the Ray cluster has 0 GPUs and 1 are needed"):
+        validation.wait_for_gpus(cfg)
+    assert time.monotonic() - start < 5
+    lines = []
+    waiting = TrainConfig(train_data=str(tmp_path), env="Pendulum-v1", use_gpu=True, gpu_wait_s=2)
+    with pytest.raises(ValueError, match="0 GPUs"):
+        validation.wait_for_gpus(waiting, lines.append)
+    assert lines and lines[0].startswith("waiting for GPUs: 0 of 1 in the cluster")

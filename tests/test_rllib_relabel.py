@@ -369,3 +369,29 @@ def test_with_learned_reward_refuses_bad_input(tmp_path):
             ),
             make_net(),
         )
+
+
+def test_non_finite_transitions_are_skipped_counted_and_kept_out_of_the_statistics():
+    rng = np.random.default_rng(5)
+    episodes = [make_episode(rng, 6), make_episode(rng, 4, terminated=True)]
+    episodes[0].observations.data[3][1] = np.nan  # transitions 2 (next obs) and 3 (obs)
+    state, action, next_state, done = transitions(episodes)
+    ok = np.isfinite(state).all(1) & np.isfinite(next_state).all(1)
+    assert ok.sum() == 8
+    net = make_net(normalized=True)
+    clean = make_net(normalized=True)
+    want = clean.predict_processed(state[ok], action[ok], next_state[ok], done[ok])
+    metrics = MetricsLogger()
+    call(RelabelRewards(net, update_stats=True), episodes, metrics=metrics)
+    got = np.concatenate([ep.get_rewards() for ep in episodes])
+    np.testing.assert_allclose(got[ok], want, rtol=1e-6)
+    np.testing.assert_array_equal(got[~ok], 0.0)
+    stats, clean_stats = (n.normalize_output_layer.moments() for n in (net, clean))
+    assert stats.count == 8 and stats.allclose(clean_stats)
+    logged = metrics.peek((ALL_MODULES, "learned_reward"))
+    assert logged["num_non_finite"] == 2 and logged["num_transitions"] == 10
+    strict = RelabelRewards(make_net(normalized=True), on_non_finite="raise")
+    with pytest.raises(ValueError, match=r"2 of 10 transitions have NaN or inf .*rows 2, 3"):
+        call(strict, episodes)
+    with pytest.raises(ValueError, match='on_non_finite must be "skip" or "raise"'):
+        RelabelRewards(net, on_non_finite="ignore")

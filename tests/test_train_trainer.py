@@ -209,4 +209,22 @@ def test_bad_configs_fail_before_any_job(data, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"train_data": data["train"], "env": ENV, "epoch": 3}))
     out = CliRunner().invoke(cli, ["train", str(bad)])
-    assert out.exit_code == 1 and "unknown config fields ['epoch']" in out.output
+    assert out.exit_code == 2 and "unknown config fields ['epoch']" in out.output
+
+
+def test_resume_refuses_a_config_that_changed_what_it_trains(data, tmp_path):
+    first = _config(data, tmp_path, name="run", epochs=1)
+    trainer.train(first)
+    saved = serialize.load(first.output).state_dict()
+    # Only steering keys changed: resumes (one more epoch from the checkpoint).
+    more = _config(data, tmp_path, name="run", epochs=2, output=str(tmp_path / "more.pt"))
+    assert [h["epoch"] for h in trainer.train(more).history] == [0, 1]
+    # Another net under the same name: refused before anything runs, naming the key.
+    other = _config(data, tmp_path, name="run", epochs=3, net_kwargs={"hid_sizes": [4]})
+    with pytest.raises(ValueError, match=r"net_kwargs: \{'hid_sizes': \[16\]\} -> "):
+        trainer.train(other)
+    assert all(th.equal(v, serialize.load(first.output).state_dict()[k]) for k, v in saved.items())
+    # ... unless it starts fresh.
+    result = trainer.train(other, fresh=True)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert serialize.load(other.output).base.mlp.dense0.out_features == 4

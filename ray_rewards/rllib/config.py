@@ -52,6 +52,7 @@ def with_learned_reward(
     update_stats: bool = False,
     env_actions: bool = True,
     predict_kwargs: Mapping[str, Any] | None = None,
+    on_non_finite: str = "skip",
 ) -> AlgorithmConfig:
     """A copy of ``config`` whose algorithm trains on ``reward`` instead of the env reward.
 
@@ -60,7 +61,8 @@ def with_learned_reward(
     touched: ``result["env_runners"]`` still reports returns under the env's own
     reward, and ``result["learned_reward"]`` the net's reward on the transitions the
     learners trained on (``mean``/``min``/``max``, ``env_reward_mean``,
-    ``num_transitions``; with ``update_stats`` also ``norm``: the merged statistics).
+    ``num_transitions``, ``num_non_finite``; with ``update_stats`` also ``norm``: the
+    merged statistics).
 
     Env-runner mode: pass a :class:`~ray_rewards.actors.RewardActor` (or
     ``RewardActorPool``) as ``reward`` and the env runners relabel each sample
@@ -85,6 +87,10 @@ def with_learned_reward(
             as imitation's reward wrappers do; False gives it the RLModule's raw
             actions.
         predict_kwargs: extra keyword arguments of ``predict_processed``.
+        on_non_finite: transitions with NaN/inf observations or actions get reward 0,
+            stay out of the statistics and are counted (``"skip"``, the default: one
+            bad env step must not stop a cluster run), or fail the update
+            (``"raise"``).
 
     Returns:
         The new config; build it with ``build_algo()`` (or pass ``config.algo_class``
@@ -134,6 +140,7 @@ def with_learned_reward(
         "normalize_actions": bool(env_actions and config.normalize_actions),
         "clip_actions": bool(env_actions and config.clip_actions),
         "predict_kwargs": dict(predict_kwargs or {}),
+        "on_non_finite": on_non_finite,
     }
     # Validate the options here, on the driver, rather than on each learner.
     RelabelRewards(net, **options)

@@ -35,7 +35,7 @@ from ray.rllib.utils.metrics import ALL_MODULES
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space
 
-from ray_rewards import networks
+from ray_rewards import networks, preprocessing
 from ray_rewards.reward_nets import NormalizedRewardNet, RewardNet
 from ray_rewards.rllib._compat import BOOTSTRAP_STEP_ADDED
 from ray_rewards.rllib.episodes import (
@@ -108,6 +108,11 @@ class RelabelRewards(ConnectorV2):
             Algorithms built by :func:`~ray_rewards.rllib.with_learned_reward` turn
             it on there by themselves.
 
+        on_non_finite: what to do with transitions whose observations or actions
+            hold NaN or inf: ``"skip"`` (default) gives them reward 0, keeps them out
+            of the net and its statistics, and counts them in the metrics, so one bad
+            env step does not stop a cluster run; ``"raise"`` fails the update.
+
     Off-policy algorithms: the replay buffer's episodes must be one-step
     transitions (``n_step=1``); an n-step sample holds a discounted reward sum
     over a transition the net never saw, and raises ValueError here.
@@ -115,7 +120,7 @@ class RelabelRewards(ConnectorV2):
     Metrics (when the pipeline has a MetricsLogger, as on a Learner): under
     ``(ALL_MODULES, "learned_reward")`` the ``mean``/``min``/``max`` of the net's
     processed reward, ``env_reward_mean`` (the episodes' rewards before
-    relabeling) and ``num_transitions``.
+    relabeling), ``num_transitions`` and ``num_non_finite`` (transitions skipped).
     """
 
     def __init__(
@@ -130,6 +135,7 @@ class RelabelRewards(ConnectorV2):
         predict_kwargs: Mapping[str, Any] | None = None,
         from_batch: bool = False,
         copy_episodes: bool = False,
+        on_non_finite: str = "skip",
         input_observation_space: Any = None,
         input_action_space: Any = None,
         **kwargs: Any,
@@ -154,6 +160,11 @@ class RelabelRewards(ConnectorV2):
         self.clip_actions = bool(clip_actions)
         self.from_batch = bool(from_batch)
         self.copy_episodes = bool(copy_episodes)
+        if on_non_finite not in ("skip", "raise"):
+            raise ValueError(
+                f'RelabelRewards: on_non_finite must be "skip" or "raise", got {on_non_finite!r}'
+            )
+        self.on_non_finite = on_non_finite
         self._predict_kwargs = dict(predict_kwargs or {})
         if normalized:
             # Nets without a NormalizedRewardNet need not accept the keyword.
@@ -191,9 +202,9 @@ class RelabelRewards(ConnectorV2):
         state, action, next_state, done = episode_transitions(
             chunks, self._action_struct, self.normalize_actions, self.clip_actions
         )
-        learned = self._predict(state, action, next_state, done)
+        learned, skipped = self._predict(state, action, next_state, done)
         env_rewards = write_rewards(chunks, learned, self.mode, self.coef)
-        self._log(metrics, learned, env_rewards)
+        self._log(metrics, learned, env_rewards, skipped)
         return batch
 
     def _relabel_batch(
@@ -214,7 +225,7 @@ class RelabelRewards(ConnectorV2):
             env_rewards = np.asarray(columns[Columns.REWARDS], dtype=np.float64)
             if not len(env_rewards):
                 continue
-            learned = self._predict(
+            learned, skipped = self._predict(
                 columns[Columns.OBS],
                 env_actions(
                     columns[Columns.ACTIONS],
@@ -227,14 +238,20 @@ class RelabelRewards(ConnectorV2):
             )
             new = new_rewards(learned, env_rewards, self.mode, self.coef)
             columns[Columns.REWARDS] = new.astype(reward_dtype(columns[Columns.REWARDS].dtype))
-            self._log(metrics, learned, env_rewards)
+            self._log(metrics, learned, env_rewards, skipped)
         return batch
 
     @staticmethod
-    def _log(metrics: MetricsLogger | None, learned: np.ndarray, env_rewards: np.ndarray) -> None:
+    def _log(
+        metrics: MetricsLogger | None,
+        learned: np.ndarray,
+        env_rewards: np.ndarray,
+        num_non_finite: int,
+    ) -> None:
         if metrics is None:
             return
         key = (ALL_MODULES, LEARNED_REWARD)
+        metrics.log_value((*key, "num_non_finite"), num_non_finite, reduce="sum")
         metrics.log_value((*key, "mean"), float(learned.mean()), reduce="mean")
         metrics.log_value((*key, "min"), float(learned.min()), reduce="min")
         metrics.log_value((*key, "max"), float(learned.max()), reduce="max")
@@ -242,6 +259,31 @@ class RelabelRewards(ConnectorV2):
         metrics.log_value((*key, "num_transitions"), len(learned), reduce="sum")
 
     def _predict(
+        self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray, done: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        """The net's rewards for every transition, and how many had non-finite inputs.
+
+        Those transitions (an env that emitted NaN or inf) get reward 0 and never reach
+        the net or its statistics, unless ``on_non_finite="raise"``.
+        """
+        finite = _finite_rows(state, action, next_state)
+        if finite is None:
+            return self._predict_rows(state, action, next_state, done), 0
+        bad = np.flatnonzero(~finite)
+        if self.on_non_finite == "raise":
+            raise ValueError(
+                f"RelabelRewards: {len(bad)} of {len(finite)} transitions have NaN or inf "
+                f"observations or actions (rows {preprocessing.format_rows(bad.tolist())}); "
+                'pass on_non_finite="skip" to give them reward 0 and go on'
+            )
+        learned = np.zeros(len(finite), dtype=np.float32)
+        if finite.any():
+            learned[finite] = self._predict_rows(
+                state[finite], action[finite], next_state[finite], done[finite]
+            )
+        return learned, len(bad)
+
+    def _predict_rows(
         self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray, done: np.ndarray
     ) -> np.ndarray:
         kwargs = self._predict_kwargs
@@ -317,3 +359,15 @@ def _module_device(rl_module: RLModule | None) -> th.device | None:
             for p in module.parameters():
                 return p.device
     return None
+
+
+def _finite_rows(*arrays: np.ndarray) -> np.ndarray | None:
+    """Per row, whether every float value in ``arrays`` is finite; None when all are."""
+    ok = None
+    for arr in arrays:
+        arr = np.asarray(arr)
+        if arr.dtype.kind != "f":
+            continue
+        row_ok = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        ok = row_ok if ok is None else ok & row_ok
+    return None if ok is None or ok.all() else ok

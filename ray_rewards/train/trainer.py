@@ -45,10 +45,16 @@ from ray_rewards import networks, reward_nets, serialize, storage
 from ray_rewards.config_file import PATH_FIELD, load_settings
 from ray_rewards.stats import Moments
 from ray_rewards.train import losses, schemas
+from ray_rewards.train.resume import check_resume
+from ray_rewards.train.validation import (
+    NORM_CLASSES,
+    OPTIMIZERS,
+    activation_class,
+    config_problems,
+    input_problems,
+    wait_for_gpus,
+)
 
-NET_CLASSES = ("BasicRewardNet", "BasicShapedRewardNet", "CNNRewardNet")
-NORM_CLASSES = {"RunningNorm": networks.RunningNorm, "EMANorm": networks.EMANorm}
-OPTIMIZERS = {"adam": th.optim.Adam, "adamw": th.optim.AdamW, "sgd": th.optim.SGD}
 STATE_FILE = "train_state.pt"
 PREDICT_CHUNK = 8192
 
@@ -95,6 +101,11 @@ class TrainConfig:
         storage_path, name: Ray Train's RunConfig (checkpoints and run state).
         max_failures: worker failures to recover from, from the latest checkpoint.
         verbose: log one progress line per epoch (from the rank-0 worker).
+        gpu_wait_s: with ``use_gpu``, how long to wait for GPUs to join the cluster (an
+            autoscaling one) before failing; 0 fails at once when none are there.
+
+    Every field is checked when the config is made, and every problem is reported
+    at once, one line each (ValueError); see :mod:`ray_rewards.train.validation`.
     """
 
     train_data: str = field(metadata=PATH_FIELD)
@@ -120,29 +131,12 @@ class TrainConfig:
     name: str | None = None
     max_failures: int = 0
     verbose: bool = True
+    gpu_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.loss, str) and self.loss not in losses.LOSSES:
-            raise ValueError(f"loss: expected one of {sorted(losses.LOSSES)}, got {self.loss!r}")
-        if not (isinstance(self.loss, str) or callable(self.loss)):
-            raise TypeError(f"loss: expected a name or a callable, got {type(self.loss).__name__}")
-        if self.net not in NET_CLASSES:
-            raise ValueError(f"net: expected one of {NET_CLASSES}, got {self.net!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        for name in ("epochs", "batch_size", "num_workers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-        if self.batch_size < self.num_workers:
-            raise ValueError(
-                f"batch_size ({self.batch_size}) must be >= num_workers ({self.num_workers}): "
-                "every worker takes a share of every batch"
-            )
-        if self.env is None and self.init_net is None:
-            raise ValueError("give env (a gymnasium id for the net's spaces) or init_net")
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("\n".join(problems))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> TrainConfig:
@@ -179,23 +173,11 @@ def build_net(
     if cfg.init_net is not None:
         return serialize.load(cfg.init_net, device="cpu")
     kwargs = dict(cfg.net_kwargs)
-    norm = kwargs.get("normalize_input_layer")
-    if isinstance(norm, str):
-        if norm not in NORM_CLASSES:
-            raise ValueError(
-                f"net_kwargs.normalize_input_layer: expected one of {sorted(NORM_CLASSES)}, "
-                f"got {norm!r}"
-            )
-        kwargs["normalize_input_layer"] = NORM_CLASSES[norm]
-    activation = kwargs.get("activation")
-    if isinstance(activation, str):
-        cls = getattr(th.nn, activation, None)
-        if not (isinstance(cls, type) and issubclass(cls, th.nn.Module)):
-            raise ValueError(
-                f"net_kwargs.activation: expected a torch.nn module name such as 'ReLU' or "
-                f"'SiLU', got {activation!r}"
-            )
-        kwargs["activation"] = cls
+    # Names were checked when the config was made (validation.config_problems).
+    if isinstance(kwargs.get("normalize_input_layer"), str):
+        kwargs["normalize_input_layer"] = NORM_CLASSES[kwargs["normalize_input_layer"]]
+    if isinstance(kwargs.get("activation"), str):
+        kwargs["activation"] = activation_class(kwargs["activation"])
     th.manual_seed(cfg.seed)
     net = getattr(reward_nets, cfg.net)(observation_space, action_space, **kwargs)
     if cfg.normalize_output:
@@ -453,11 +435,23 @@ def build_trainer(cfg: TrainConfig) -> Any:
     )
 
 
-def train(cfg: TrainConfig) -> TrainResult:
+def train(cfg: TrainConfig, *, fresh: bool = False) -> TrainResult:
     """Run the job to completion, save the final net to ``cfg.output``, return the history.
 
-    Raises ``ray.train.TrainingFailedError`` when the run fails beyond ``max_failures``.
+    Inputs, the output's folder and GPUs are checked before anything starts. A named
+    run resumes from its checkpoints only with the config that started it (see
+    :mod:`ray_rewards.train.resume`); ``fresh`` deletes them and starts over.
+
+    Raises:
+        ValueError: every problem with the inputs, one line each; a changed config on
+            resume; too few GPUs.
+        ray.train.TrainingFailedError: the run failed beyond ``max_failures``.
     """
+    problems = input_problems(cfg)
+    if problems:
+        raise ValueError("\n".join(problems))
+    check_resume(cfg, fresh=fresh)
+    wait_for_gpus(cfg, logger.warning)
     result = build_trainer(cfg).fit()
     if result.checkpoint is None:
         raise RuntimeError("reward training finished without a checkpoint")
