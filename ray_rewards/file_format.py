@@ -25,6 +25,7 @@ Nets cross process boundaries as these bytes (:func:`to_bytes` /
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import zipfile
@@ -250,20 +251,23 @@ def _map_location(device: str | th.device | None) -> str | th.device | None:
     return None if th.cuda.is_available() else "cpu"
 
 
-def _check_crcs(data: bytes) -> None:
+def _check_crcs(data: str | bytes) -> None:
     """Verify the CRC32 of every record of a ``th.save`` zip archive.
 
     ``th.load`` does not check them, so a file with damaged bytes in a tensor would
     load with wrong weights. Records saved without a CRC (torch's
     ``compute_crc32=False``) are skipped; non-zip (legacy) files are left to torch.
     """
-    buf = io.BytesIO(data)
-    if not zipfile.is_zipfile(buf):
+    source = data if isinstance(data, str) else io.BytesIO(data)
+    if not zipfile.is_zipfile(source):
         return
-    with zipfile.ZipFile(buf) as archive:
+    with zipfile.ZipFile(source) as archive:
         for info in archive.infolist():
             if info.CRC:
-                archive.read(info)  # raises BadZipFile on a CRC mismatch
+                # Read to the end in chunks: zipfile raises BadZipFile on a mismatch.
+                with archive.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
 
 
 # torch wraps the unpickler's own error in advice to load with weights_only=False,
@@ -289,7 +293,7 @@ def _corrupt(source: str, err: Exception) -> ValueError:
     )
 
 
-def _refusal(source: str, data: bytes, err: pickle.UnpicklingError) -> Exception:
+def _refusal(source: str, data: str | bytes, err: pickle.UnpicklingError) -> Exception:
     """The error to raise when torch's safe unpickler rejected ``data``.
 
     Unsafe content (a global outside the allowlist, a constructor call) is always
@@ -302,9 +306,11 @@ def _refusal(source: str, data: bytes, err: pickle.UnpicklingError) -> Exception
             f"refused to load {source}: {message}. Nothing from this file was run."
         )
     refused = set(_GLOBAL_NAME.findall(message))
-    if zipfile.is_zipfile(io.BytesIO(data)):
+    archive = data if isinstance(data, str) else io.BytesIO(data)
+    if zipfile.is_zipfile(archive):
         try:
-            refused.update(th.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)))
+            archive = data if isinstance(data, str) else io.BytesIO(data)
+            refused.update(th.serialization.get_unsafe_globals_in_checkpoint(archive))
         except Exception:  # noqa: BLE001 - an unreadable archive: corrupt unless named above
             pass
     if not refused:
@@ -342,6 +348,11 @@ def load(
         ValueError: a truncated or corrupt file, or one that is not from ``th.save``.
         TypeError: a readable file that does not hold a RewardNet.
     """
+    fs, local = storage.resolve(path, filesystem)
+    location = _map_location(device)
+    if fs is None and os.path.isfile(local) and zipfile.is_zipfile(local) and _on_cpu(location):
+        # Memory-mapped: no second copy of the file in memory while it loads.
+        return _load(local, local, location, source=str(path), mmap=True)
     data = storage.read_bytes(path, filesystem=filesystem, what="saved reward net")
     return from_bytes(data, device, source=str(path))
 
@@ -353,9 +364,27 @@ def from_bytes(
 
     ``source`` names the data in error messages.
     """
+    return _load(io.BytesIO(data), data, _map_location(device), source=source, mmap=False)
+
+
+def _on_cpu(location: str | th.device | None) -> bool:
+    return location is not None and th.device(location).type == "cpu"
+
+
+def _load(
+    file: str | io.BytesIO,
+    data: str | bytes,
+    location: str | th.device | None,
+    *,
+    source: str,
+    mmap: bool,
+) -> reward_nets.RewardNet:
+    """``th.load`` through the allowlist, with CRC and structure checks; ``data`` (a
+    path or the bytes) is what the error messages are worked out from.
+    """
     try:
         _check_crcs(data)
-        obj = th.load(io.BytesIO(data), map_location=_map_location(device), weights_only=True)
+        obj = th.load(file, map_location=location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise _refusal(source, data, err) from err
     except Exception as err:  # noqa: BLE001 - any other unpickling failure: a bad file

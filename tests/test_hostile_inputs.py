@@ -411,3 +411,34 @@ def test_use_gpu_without_gpus_fails_at_once(ray_session, tmp_path):
     with pytest.raises(ValueError, match="0 GPUs"):
         validation.wait_for_gpus(waiting, lines.append)
     assert lines and lines[0].startswith("waiting for GPUs: 0 of 1 in the cluster")
+
+
+def test_loading_holds_no_second_copy_of_the_file(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    big = make_net(hid_sizes=(6000, 6000))  # 36M parameters: a 144 MB file
+    path = tmp_path / "big.pt"
+    serialize.save(big, path)
+    size_mb = os.path.getsize(path) / 2**20
+    code = textwrap.dedent(
+        f"""
+        import resource, sys
+        from ray_rewards import serialize
+
+        def rss_mb():
+            with open("/proc/self/status") as f:
+                line = next(x for x in f if x.startswith("VmRSS"))
+            return int(line.split()[1]) / 1024
+
+        before = max(rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        net = serialize.load({str(path)!r})
+        assert sum(p.numel() for p in net.parameters()) > 36_000_000
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(peak - before)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grew_mb = float(out.stdout.strip())
+    assert grew_mb < size_mb + 64, (grew_mb, size_mb)

@@ -64,7 +64,7 @@ def test_preference_loss_is_bradley_terry_over_discounted_sums():
     loss, metrics = losses.preference_loss(net, batch, discount_factor=gamma)
 
     w = net.mlp.dense_final.weight.detach().numpy()[0]
-    b = float(net.mlp.dense_final.bias)
+    b = net.mlp.dense_final.bias.item()
 
     def ret(i):
         r = np.concatenate([batch[f"obs_{i}"], batch[f"actions_{i}"]], -1) @ w + b
