@@ -95,12 +95,6 @@ def relabel(
     )
 
 
-class ConfigError(click.ClickException):
-    """A bad config or input: printed without a traceback, exit code 2 (a usage error)."""
-
-    exit_code = 2
-
-
 @main.command("train")
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local).")
@@ -124,10 +118,10 @@ def train_reward(config_path: str, address: str | None, fresh: bool) -> None:
     try:
         cfg = trainer.TrainConfig.from_file(config_path)
     except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from err
+        raise click.UsageError(str(err)) from err
     problems = validation.input_problems(cfg)
     if problems:
-        raise ConfigError("\n".join(problems))
+        raise click.UsageError("\n".join(problems))
     import ray
     import ray.train
 
@@ -179,7 +173,7 @@ def job(job_name: str, config_path: str, storage_path: str | None) -> None:
     try:
         cfg = jobs.load_config(config_path, job_name, storage_path=storage_path)
     except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from err
+        raise click.UsageError(str(err)) from err
     jobs.run_job(cfg)
 
 

@@ -143,7 +143,9 @@ def publish_dir(path: PathLike, *, overwrite: bool = False) -> Iterator[str]:
 
     Yields the temporary folder (a hidden sibling of ``path``, so the rename stays on
     one filesystem). On success it replaces ``path`` (an existing one only with
-    ``overwrite``); on any error it is removed and ``path`` is untouched.
+    ``overwrite``); on any error it is removed and ``path`` is untouched. Temporary
+    folders left by an earlier publish of ``path`` whose process was killed are
+    removed first.
 
     Raises:
         FileExistsError: ``path`` exists (a non-empty folder or a file) and not
@@ -154,7 +156,8 @@ def publish_dir(path: PathLike, *, overwrite: bool = False) -> Iterator[str]:
         raise FileExistsError(f"{path} already exists; choose a new path")
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    _remove_stale(parent, os.path.basename(path))
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-")
     try:
         yield tmp
         if os.path.exists(path):
@@ -168,6 +171,30 @@ def publish_dir(path: PathLike, *, overwrite: bool = False) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(parent: str, name: str) -> None:
+    """Remove temporary folders of earlier publishes of ``name`` whose process is gone
+    (killed with SIGKILL, nothing of ours ran to clean up). Folders of a live process
+    (a concurrent publish) are left alone.
+    """
+    prefix = f".{name}.tmp-"
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _empty_dir(path: str) -> bool:

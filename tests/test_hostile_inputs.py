@@ -442,3 +442,26 @@ def test_loading_holds_no_second_copy_of_the_file(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grew_mb = float(out.stdout.strip())
     assert grew_mb < size_mb + 64, (grew_mb, size_mb)
+
+
+def test_resume_compares_the_stored_config(tmp_path):
+    from ray_rewards.train import TrainConfig
+    from ray_rewards.train.resume import CONFIG_FILE, check_resume
+
+    def cfg(**kw):
+        base = {"train_data": "d", "env": "Pendulum-v1", "name": "run"}
+        return TrainConfig(storage_path=str(tmp_path), **{**base, **kw})
+
+    check_resume(cfg(net_kwargs={"hid_sizes": [16]}))
+    stored = tmp_path / "run" / CONFIG_FILE
+    assert stored.exists()
+    check_resume(cfg(net_kwargs={"hid_sizes": [16]}, epochs=30, max_failures=2, verbose=False))
+    with pytest.raises(ValueError) as info:
+        check_resume(cfg(net_kwargs={"hid_sizes": [4]}, lr=0.1))
+    message = str(info.value)
+    assert "net_kwargs: {'hid_sizes': [16]} -> {'hid_sizes': [4]}" in message
+    assert "lr: 0.001 -> 0.1" in message and "--fresh" in message
+    (tmp_path / "run" / "checkpoint_000").mkdir()
+    check_resume(cfg(net_kwargs={"hid_sizes": [4]}, lr=0.1), fresh=True)
+    assert os.listdir(tmp_path / "run") == [CONFIG_FILE]
+    check_resume(cfg(name=None))  # an unnamed run never resumes: nothing to compare

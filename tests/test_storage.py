@@ -67,3 +67,27 @@ def test_publish_dir_appears_whole_or_not_at_all(tmp_path):
         open(os.path.join(tmp, "part-1"), "w").close()
     assert os.listdir(out) == ["part-1"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_publish_dir_removes_what_a_killed_run_left(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = (
+        "import os, sys\n"
+        "from ray_rewards import storage\n"
+        f"with storage.publish_dir({str(out)!r}) as tmp:\n"
+        "    print(tmp, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert killed.returncode == -9
+    left = killed.stdout.strip()
+    assert os.path.isdir(left)
+    live = tmp_path / f".out.tmp-{os.getpid()}-keep"  # a concurrent run's, still alive
+    live.mkdir()
+    with storage.publish_dir(out) as tmp:
+        open(os.path.join(tmp, "part-0"), "w").close()
+    assert not os.path.exists(left) and live.exists()
+    assert sorted(os.listdir(tmp_path)) == [live.name, "out"]

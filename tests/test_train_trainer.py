@@ -3,6 +3,7 @@ merged normalization statistics, the saved net, and the ``train`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -212,15 +213,20 @@ def test_bad_configs_fail_before_any_job(data, tmp_path):
     assert out.exit_code == 2 and "unknown config fields ['epoch']" in out.output
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_config_that_changed_what_it_trains(data, tmp_path):
-    first = _config(data, tmp_path, name="run", epochs=1)
+    def config(net_kwargs=None, **changes) -> trainer.TrainConfig:
+        kw = {"net_kwargs": net_kwargs} if net_kwargs else {}
+        return dataclasses.replace(_config(data, tmp_path, name="run", **kw), **changes)
+
+    first = config(epochs=1)
     trainer.train(first)
     saved = serialize.load(first.output).state_dict()
     # Only steering keys changed: resumes (one more epoch from the checkpoint).
-    more = _config(data, tmp_path, name="run", epochs=2, output=str(tmp_path / "more.pt"))
+    more = config(epochs=2, output=str(tmp_path / "more.pt"))
     assert [h["epoch"] for h in trainer.train(more).history] == [0, 1]
     # Another net under the same name: refused before anything runs, naming the key.
-    other = _config(data, tmp_path, name="run", epochs=3, net_kwargs={"hid_sizes": [4]})
+    other = config(epochs=3, net_kwargs={"hid_sizes": [4]})
     with pytest.raises(ValueError, match=r"net_kwargs: \{'hid_sizes': \[16\]\} -> "):
         trainer.train(other)
     assert all(th.equal(v, serialize.load(first.output).state_dict()[k]) for k, v in saved.items())
