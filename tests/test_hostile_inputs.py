@@ -465,3 +465,34 @@ def test_resume_compares_the_stored_config(tmp_path):
     check_resume(cfg(net_kwargs={"hid_sizes": [4]}, lr=0.1), fresh=True)
     assert os.listdir(tmp_path / "run") == [CONFIG_FILE]
     check_resume(cfg(name=None))  # an unnamed run never resumes: nothing to compare
+
+
+def test_reward_actor_fails_only_the_caller_with_an_overflowing_row(ray_session):
+    import ray
+
+    from ray_rewards.actors import RewardActor
+
+    net = make_net(normalized=True)
+    actor = RewardActor(net, max_batch_size=64, max_wait_s=0.05)
+    try:
+        good = [clean_batch(4) for _ in range(3)]
+        bad = list(clean_batch(4))
+        bad[0] = bad[0].astype(np.float64)
+        bad[0][1, 0] = 1e300  # finite in float64, inf in the net's float32
+        pending = [actor.submit(*good[0], update_stats=True)]
+        bad_pending = actor.submit(*bad, update_stats=True)
+        pending += [actor.submit(*b, update_stats=True) for b in good[1:]]
+        reference = make_net(normalized=True)
+        for p, b in zip(pending, good):
+            reference.predict_processed(*b, update_stats=True)
+            rewards = p.result()  # normalized by whatever came first: only check it came
+            assert rewards.shape == (4,) and np.isfinite(rewards).all()
+        with pytest.raises(ValueError, match="overflow torch.float32"):
+            bad_pending.result()
+        moments = actor.norm_moments()
+        want = networks.norm_moments(reference)
+        assert all(moments[k].allclose(want[k], rtol=1e-6, atol=1e-9) for k in want)
+        clean = actor.predict_processed(*clean_batch(4))
+        assert np.isfinite(clean).all()
+    finally:
+        ray.kill(actor.handle)
