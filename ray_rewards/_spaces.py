@@ -51,8 +51,8 @@ def space_to_data(space: spaces.Space) -> dict[str, Any]:
     if isinstance(space, spaces.Box):
         return {
             "type": "Box",
-            "low": th.from_numpy(np.ascontiguousarray(space.low)),
-            "high": th.from_numpy(np.ascontiguousarray(space.high)),
+            "low": th.from_numpy(np.array(space.low)),
+            "high": th.from_numpy(np.array(space.high)),
             "dtype": _dtype_name(space.dtype),
         }
     if isinstance(space, spaces.Discrete):
@@ -65,8 +65,8 @@ def space_to_data(space: spaces.Space) -> dict[str, Any]:
     if isinstance(space, spaces.MultiDiscrete):
         return {
             "type": "MultiDiscrete",
-            "nvec": th.from_numpy(np.ascontiguousarray(space.nvec)),
-            "start": th.from_numpy(np.ascontiguousarray(space.start)),
+            "nvec": th.from_numpy(np.array(space.nvec)),
+            "start": th.from_numpy(np.array(space.start)),
             "dtype": _dtype_name(space.dtype),
         }
     if isinstance(space, spaces.MultiBinary):

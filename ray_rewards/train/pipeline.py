@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -132,7 +133,10 @@ def _train_until(algo: Any, timesteps: int, label: str) -> list[tuple[int, float
         ret = float(runners.get("episode_return_mean", np.nan))
         curve.append((steps, ret))
         if len(curve) % 5 == 0 or steps >= timesteps:
-            _log(f"{label}: {steps}/{timesteps} env steps, episode return {ret:.1f}")
+            # An iteration in which no episode ended has no return: show the last one.
+            finished = [r for _, r in curve if not np.isnan(r)]
+            shown = f"episode return {finished[-1]:.1f}" if finished else "no episode ended yet"
+            _log(f"{label}: {steps}/{timesteps} env steps, {shown}")
     return curve
 
 
@@ -328,7 +332,9 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     _log(f"results -> {out_dir}")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, configure_logging=False)
+    # The pipeline prints its own progress; Ray Data's per-dataset lines are noise here.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
     t0 = time.perf_counter()
     transitions, lengths, random_return = collect_rollouts(cfg)
