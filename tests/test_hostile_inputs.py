@@ -144,16 +144,28 @@ def crafted(tmp_path, payload, legacy: bool = False) -> str:
 
 
 def load_everywhere(path: str) -> list[Exception]:
-    """The error from each entry point that loads a reward file."""
+    """The error from each entry point that loads a reward file (``ray-rewards inspect``
+    checked here: refused, exit code 1, no traceback).
+    """
+    from click.testing import CliRunner
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from ray_rewards.cli import main
+    from ray_rewards.rllib import with_learned_reward
+
     errors = []
     for load in (
         serialize.load,
         lambda p: serialize.load_reward("RewardNet_unnormalized", p, None),
+        lambda p: with_learned_reward(PPOConfig().environment("Pendulum-v1"), p),
         lambda p: th.load(p),
     ):
         with pytest.raises(pickle.UnpicklingError) as info:
             load(path)
         errors.append(info.value)
+    shown = CliRunner().invoke(main, ["inspect", path])
+    assert shown.exit_code == 1 and "refused to load" in shown.output, shown.output
+    assert "Traceback" not in shown.output and "weights_only=False" not in shown.output
     return errors
 
 
@@ -162,7 +174,7 @@ def test_a_file_cannot_run_a_registered_constructor(tmp_path):
     path = crafted(tmp_path, Calls(MarkerNet, str(marker)))
     errors = load_everywhere(path)
     assert not marker.exists()
-    for err in errors[:2]:
+    for err in errors[:3]:
         assert isinstance(err, serialize.UnsafeRewardFileError)
         assert "test_hostile_inputs.MarkerNet(...)" in str(err)
         assert "weights_only=False" not in str(err)
@@ -203,7 +215,7 @@ def test_os_system_is_reported_as_unsafe_never_as_corrupt(tmp_path, legacy):
     path = crafted(tmp_path, Calls(os.system, f"touch {marker}"), legacy=legacy)
     errors = load_everywhere(path)
     assert not marker.exists()
-    for err in errors[:2]:
+    for err in errors[:3]:
         assert isinstance(err, serialize.UnsafeRewardFileError)
         assert "posix.system" in str(err) and "corrupt" not in str(err)
         assert "weights_only=False" not in str(err)
