@@ -11,6 +11,7 @@ import pickle
 import click
 
 from ray_rewards import __version__, jobs, serialize
+from ray_rewards._supervise import run_supervised
 
 
 @click.group()
@@ -177,5 +178,12 @@ def job(job_name: str, config_path: str, storage_path: str | None) -> None:
     jobs.run_job(cfg)
 
 
+def entry() -> None:
+    """The ``ray-rewards`` executable: :func:`main`, in a process tree that dies with it
+    (a SIGKILL leaves none of Ray's processes behind; see ``ray_rewards._supervise``).
+    """
+    run_supervised(main)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
