@@ -508,3 +508,13 @@ def test_reward_actor_fails_only_the_caller_with_an_overflowing_row(ray_session)
         assert np.isfinite(clean).all()
     finally:
         ray.kill(actor.handle)
+
+
+def test_relabel_refuses_a_crafted_reward_file_before_writing(ray_session, tmp_path):
+    marker = tmp_path / "pwned"
+    reward = crafted(tmp_path, Calls(os.system, f"touch {marker}"))
+    write_parquet(tmp_path / "in", transition_table(8))
+    with pytest.raises(serialize.UnsafeRewardFileError, match="posix.system"):
+        data.relabel_parquet(str(tmp_path / "in"), str(tmp_path / "out"), reward)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    assert sorted(os.listdir(tmp_path)) == ["crafted.pt", "in"]

@@ -73,7 +73,7 @@ def test_preference_loss_is_bradley_terry_over_discounted_sums():
     logit = ret(1) - ret(2)
     p = batch["preference"]
     expected = np.mean(np.logaddexp(0, logit) - p * logit)  # BCE with logits
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert float(metrics["accuracy"]) == pytest.approx(np.mean((logit > 0) == (p > 0.5)))
 
 
