@@ -52,7 +52,7 @@ def fit(net: rn.RewardNet, loss_fn, batch, steps: int = 150, **kw) -> tuple[floa
         opt.step()
     with th.no_grad():
         last, metrics = loss_fn(net, batch, **kw)
-    return float(first), float(last), metrics
+    return float(first.detach()), float(last.detach()), metrics
 
 
 def test_preference_loss_is_bradley_terry_over_discounted_sums():
@@ -64,7 +64,7 @@ def test_preference_loss_is_bradley_terry_over_discounted_sums():
     loss, metrics = losses.preference_loss(net, batch, discount_factor=gamma)
 
     w = net.mlp.dense_final.weight.detach().numpy()[0]
-    b = net.mlp.dense_final.bias.item()
+    b = net.mlp.dense_final.bias.detach().item()
 
     def ret(i):
         r = np.concatenate([batch[f"obs_{i}"], batch[f"actions_{i}"]], -1) @ w + b
@@ -73,7 +73,7 @@ def test_preference_loss_is_bradley_terry_over_discounted_sums():
     logit = ret(1) - ret(2)
     p = batch["preference"]
     expected = np.mean(np.logaddexp(0, logit) - p * logit)  # BCE with logits
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.detach().item() == pytest.approx(expected, rel=1e-5)
     assert float(metrics["accuracy"]) == pytest.approx(np.mean((logit > 0) == (p > 0.5)))
 
 
@@ -125,7 +125,7 @@ def test_airl_discriminator_loss_uses_logp_and_learns():
     _, metrics_b = losses.airl_discriminator_loss(net, shifted)
     assert float(metrics_b["accuracy"]) == pytest.approx(0.5)  # all logits < 0: says generator
     first, last, metrics = fit(net, losses.airl_discriminator_loss, batch)
-    assert first == pytest.approx(float(loss_a))
+    assert first == pytest.approx(float(loss_a.detach()))
     assert last < 0.6 * first
     assert float(metrics["accuracy"]) > 0.8
 
