@@ -147,9 +147,9 @@ def preprocess_space(
             f"{name}: expected shape {expected} for a batch of {batch_size} from {space}, "
             f"got {tuple(x.shape)}"
         )
+    if not all_finite(x):
+        raise _non_finite(name, x)
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete)):
-        if not all_finite(x):
-            raise _non_finite(name, x)
         return _one_hot(x, space, name=name, device=device, dtype=dtype)
     t = _to_tensor(x, device)
     if isinstance(space, spaces.MultiBinary) and not bool(((t == 0) | (t == 1)).all()):
@@ -161,10 +161,23 @@ def preprocess_space(
         t = t.to(dtype) / 255.0
     elif t.dtype != dtype:
         t = t.to(dtype)
-    # Checked in the net's dtype: 1e300 is finite in float64 and inf in float32.
-    if not all_finite(t):
-        raise _non_finite(name, t, overflow=all_finite(x))
+    # Finite before the cast is not enough: 1e300 is finite in float64, inf in float32.
+    # Only a narrowing cast can overflow, so only then is the result checked again.
+    if _narrows(x, dtype) and not all_finite(t):
+        raise _non_finite(name, t, overflow=True)
     return t
+
+
+def _narrows(x: np.ndarray | th.Tensor, dtype: th.dtype) -> bool:
+    """Whether casting ``x`` to ``dtype`` can turn finite values into inf."""
+    if not dtype.is_floating_point:
+        return False
+    limit = th.finfo(dtype).max
+    if isinstance(x, th.Tensor):
+        return x.is_floating_point() and th.finfo(x.dtype).max > limit
+    if x.dtype.kind == "f":
+        return float(np.finfo(x.dtype).max) > limit
+    return x.dtype.kind in "iu" and float(np.iinfo(x.dtype).max) > limit
 
 
 def _non_finite(name: str, x: np.ndarray | th.Tensor, overflow: bool = False) -> ValueError:
