@@ -168,16 +168,24 @@ def preprocess_space(
     return t
 
 
+_NARROWS: dict[tuple[Any, th.dtype], bool] = {}
+
+
 def _narrows(x: np.ndarray | th.Tensor, dtype: th.dtype) -> bool:
-    """Whether casting ``x`` to ``dtype`` can turn finite values into inf."""
-    if not dtype.is_floating_point:
-        return False
-    limit = th.finfo(dtype).max
-    if isinstance(x, th.Tensor):
-        return x.is_floating_point() and th.finfo(x.dtype).max > limit
-    if x.dtype.kind == "f":
-        return float(np.finfo(x.dtype).max) > limit
-    return x.dtype.kind in "iu" and float(np.iinfo(x.dtype).max) > limit
+    """Whether casting ``x`` to ``dtype`` can turn finite values into inf (cached)."""
+    key = (x.dtype, dtype)
+    narrows = _NARROWS.get(key)
+    if narrows is None:
+        if not dtype.is_floating_point:
+            narrows = False
+        elif isinstance(x, th.Tensor):
+            narrows = x.is_floating_point() and th.finfo(x.dtype).max > th.finfo(dtype).max
+        elif x.dtype.kind in "iu":
+            narrows = float(np.iinfo(x.dtype).max) > th.finfo(dtype).max
+        else:
+            narrows = x.dtype.kind == "f" and float(np.finfo(x.dtype).max) > th.finfo(dtype).max
+        _NARROWS[key] = narrows
+    return narrows
 
 
 def _non_finite(name: str, x: np.ndarray | th.Tensor, overflow: bool = False) -> ValueError:

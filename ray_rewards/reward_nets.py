@@ -194,14 +194,15 @@ class RewardNet(nn.Module, abc.ABC):
         nets; any other keyword that reaches a net with no use for it is a TypeError
         naming it, not silently ignored.
         """
-        unexpected = sorted(k for k in kwargs if k != "update_stats")
-        if unexpected:
-            raise TypeError(
-                f"{type(self).__name__}.predict_processed got unexpected keyword argument(s) "
-                f"{unexpected}; no wrapper in this net takes them"
-            )
-        if not isinstance(kwargs.get("update_stats", False), (bool, np.bool_)):
-            raise _not_a_bool(kwargs["update_stats"])
+        if kwargs:
+            unexpected = sorted(k for k in kwargs if k != "update_stats")
+            if unexpected:
+                raise TypeError(
+                    f"{type(self).__name__}.predict_processed got unexpected keyword "
+                    f"argument(s) {unexpected}; no wrapper in this net takes them"
+                )
+            if not isinstance(kwargs.get("update_stats", False), (bool, np.bool_)):
+                raise _not_a_bool(kwargs["update_stats"])
         return self.predict(state, action, next_state, done)
 
     @property
@@ -643,18 +644,14 @@ class NormalizedRewardNet(PredictProcessedWrapper):
         """Normalize with the statistics held before this batch, then (if
         ``update_stats``) update them with this batch's raw rewards.
 
-        Raises ValueError naming the rows, with the statistics unchanged, when the
-        base's rewards are not finite; TypeError unless ``update_stats`` is a bool.
+        With ``update_stats``, rewards that are not finite raise ValueError naming the
+        rows, with the statistics unchanged (the norm layer refuses them); TypeError
+        unless ``update_stats`` is a bool.
         """
-        if not isinstance(update_stats, (bool, np.bool_)):
-            raise _not_a_bool(update_stats)
+        if update_stats is not True and update_stats is not False:
+            if not isinstance(update_stats, np.bool_):
+                raise _not_a_bool(update_stats)
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
-        if not np.isfinite(rew).all():
-            raise ValueError(
-                f"{type(self).__name__}.predict_processed: the base net's rewards are NaN or "
-                f"inf at rows {preprocessing.format_rows(preprocessing.non_finite_rows(rew))} "
-                f"of {len(rew)}; the normalization statistics were left unchanged"
-            )
         norm = self.normalize_output_layer
         out = norm.normalize(rew)
         if update_stats:

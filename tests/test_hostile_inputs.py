@@ -77,12 +77,13 @@ def test_string_arrays_name_the_argument(net, arg):
         net.predict_processed(**batch)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_non_finite_rewards_from_finite_inputs_leave_the_statistics_alone(net):
     with th.no_grad():
         for p in net.base.parameters():
             p.fill_(1e30)  # finite inputs, overflowing activations
     before = networks.norm_moments(net)
-    with pytest.raises(ValueError, match=r"rewards are NaN or inf at rows [0-9, ]+ of 4"):
+    with pytest.raises(ValueError, match=r"expected finite values, got NaN or inf at rows [0-9]"):
         net.predict_processed(*clean_batch(), update_stats=True)
     assert_unchanged(net, before)
 
