@@ -364,6 +364,20 @@ def test_every_bad_training_setting_is_named_at_once(tmp_path):
     assert any("['widht'] are not arguments of BasicRewardNet" in x for x in lines)
     with pytest.raises(ValueError, match=r"^net_kwargs: expected a mapping"):
         TrainConfig(train_data="d", env="Pendulum-v1", net_kwargs=[1, 2])
+    # What the net classes and their builders really take is accepted.
+    fine = {"use_next_state": True, "hid_sizes": [8], "dropout_prob": 0.1}
+    TrainConfig(train_data="d", env="Pendulum-v1", net_kwargs=fine)
+    shaped = {"reward_hid_sizes": [8], "discount_factor": 0.9, "activation": "Tanh"}
+    TrainConfig(train_data="d", env="Pendulum-v1", net="BasicShapedRewardNet", net_kwargs=shaped)
+    cnn = {"hid_channels": [4], "kernel_size": 5, "hwc_format": False}
+    TrainConfig(train_data="d", env="Pendulum-v1", net="CNNRewardNet", net_kwargs=cnn)
+    with pytest.raises(ValueError, match=r"\['hid_sizes'\] are not arguments of BasicShaped"):
+        TrainConfig(
+            train_data="d",
+            env="Pendulum-v1",
+            net="BasicShapedRewardNet",
+            net_kwargs={"hid_sizes": [8]},
+        )
 
 
 def run_train_cli(tmp_path, **settings):

@@ -44,12 +44,33 @@ def activation_class(name: Any) -> type[nn.Module] | None:
     return cls if isinstance(cls, type) and issubclass(cls, nn.Module) else None
 
 
-def _accepted_keywords(fn: Callable[..., Any], skip: int) -> set[str] | None:
-    """Keyword names ``fn`` takes after its first ``skip`` parameters (None: any)."""
+def _accepted_keywords(fn: Callable[..., Any], skip: int) -> tuple[set[str], bool]:
+    """The keyword names ``fn`` takes after its first ``skip`` parameters, and whether it
+    also takes ``**kwargs``.
+    """
     params = list(inspect.signature(fn).parameters.values())[skip:]
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind is not p.VAR_POSITIONAL}
+    names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+# Where each trainable net class passes the keywords it does not name itself, and
+# the builder keywords it sets on its own (so a config may not).
+_NET_BUILDERS = {
+    "BasicRewardNet": (networks.build_mlp, {"out_size", "squeeze_output", "flatten_input"}),
+    "BasicShapedRewardNet": (
+        networks.build_mlp,
+        {"hid_sizes", "out_size", "squeeze_output", "flatten_input"},
+    ),
+    "CNNRewardNet": (networks.build_cnn, {"out_size", "squeeze_output"}),
+}
+
+
+def _net_keywords(net: str) -> set[str]:
+    names, more = _accepted_keywords(getattr(reward_nets, net).__init__, 3)
+    if more:
+        builder, set_by_class = _NET_BUILDERS[net]
+        names |= _accepted_keywords(builder, 1)[0] - set_by_class
+    return names
 
 
 def _net_kwargs_problems(net: str, kwargs: Any) -> list[str]:
@@ -57,11 +78,8 @@ def _net_kwargs_problems(net: str, kwargs: Any) -> list[str]:
         return [f"net_kwargs: expected a mapping of keyword arguments, got {kwargs!r}"]
     problems = []
     if net in NET_CLASSES:
-        cls = getattr(reward_nets, net)
-        known = (_accepted_keywords(cls.__init__, 3) or set()) | (
-            _accepted_keywords(networks.build_mlp, 2) or set()
-        )
-        unknown = sorted(set(kwargs) - known - {"hid_sizes"})
+        known = _net_keywords(net)
+        unknown = sorted(set(kwargs) - known)
         if unknown:
             problems.append(
                 f"net_kwargs: {unknown} are not arguments of {net}; known: {sorted(known)}"
@@ -136,8 +154,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
     if not isinstance(cfg.loss_kwargs, Mapping):
         add(f"loss_kwargs: expected a mapping, got {cfg.loss_kwargs!r}")
     elif callable(loss_fn):
-        known = _accepted_keywords(loss_fn, 2)
-        unknown = sorted(set(cfg.loss_kwargs) - known) if known is not None else []
+        known, more = _accepted_keywords(loss_fn, 2)
+        unknown = [] if more else sorted(set(cfg.loss_kwargs) - known)
         if unknown:
             add(f"loss_kwargs: {unknown} are not arguments of the loss; known: {sorted(known)}")
     if cfg.net not in NET_CLASSES:
