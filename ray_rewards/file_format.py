@@ -251,6 +251,11 @@ def _map_location(device: str | th.device | None) -> str | th.device | None:
     return None if th.cuda.is_available() else "cpu"
 
 
+def _readable(data: str | bytes) -> str | io.BytesIO:
+    """A local path as it is, bytes as a fresh file object (each reader consumes one)."""
+    return data if isinstance(data, str) else io.BytesIO(data)
+
+
 def _check_crcs(data: str | bytes) -> None:
     """Verify the CRC32 of every record of a ``th.save`` zip archive.
 
@@ -258,10 +263,9 @@ def _check_crcs(data: str | bytes) -> None:
     load with wrong weights. Records saved without a CRC (torch's
     ``compute_crc32=False``) are skipped; non-zip (legacy) files are left to torch.
     """
-    source = data if isinstance(data, str) else io.BytesIO(data)
-    if not zipfile.is_zipfile(source):
+    if not zipfile.is_zipfile(_readable(data)):
         return
-    with zipfile.ZipFile(source) as archive:
+    with zipfile.ZipFile(_readable(data)) as archive:
         for info in archive.infolist():
             if info.CRC:
                 # Read to the end in chunks: zipfile raises BadZipFile on a mismatch.
@@ -306,11 +310,9 @@ def _refusal(source: str, data: str | bytes, err: pickle.UnpicklingError) -> Exc
             f"refused to load {source}: {message}. Nothing from this file was run."
         )
     refused = set(_GLOBAL_NAME.findall(message))
-    archive = data if isinstance(data, str) else io.BytesIO(data)
-    if zipfile.is_zipfile(archive):
+    if zipfile.is_zipfile(_readable(data)):
         try:
-            archive = data if isinstance(data, str) else io.BytesIO(data)
-            refused.update(th.serialization.get_unsafe_globals_in_checkpoint(archive))
+            refused.update(th.serialization.get_unsafe_globals_in_checkpoint(_readable(data)))
         except Exception:  # noqa: BLE001 - an unreadable archive: corrupt unless named above
             pass
     if not refused:

@@ -52,8 +52,13 @@ def _drop_unused(x: Any, used: bool, batch_size: int, name: str) -> Any:
     return None
 
 
-def _not_a_bool(update_stats: Any) -> TypeError:
-    return TypeError(f"predict_processed: update_stats must be True or False, got {update_stats!r}")
+def _check_update_stats(update_stats: Any) -> None:
+    """TypeError unless ``update_stats`` is a bool (``"yes"`` must not count as True)."""
+    if update_stats is not True and update_stats is not False:
+        if not isinstance(update_stats, np.bool_):
+            raise TypeError(
+                f"predict_processed: update_stats must be True or False, got {update_stats!r}"
+            )
 
 
 def _check_reward_shape(rew: th.Tensor, batch_size: int, who: str) -> th.Tensor:
@@ -201,8 +206,7 @@ class RewardNet(nn.Module, abc.ABC):
                     f"{type(self).__name__}.predict_processed got unexpected keyword "
                     f"argument(s) {unexpected}; no wrapper in this net takes them"
                 )
-            if not isinstance(kwargs.get("update_stats", False), (bool, np.bool_)):
-                raise _not_a_bool(kwargs["update_stats"])
+            _check_update_stats(kwargs.get("update_stats", False))
         return self.predict(state, action, next_state, done)
 
     @property
@@ -648,9 +652,7 @@ class NormalizedRewardNet(PredictProcessedWrapper):
         rows, with the statistics unchanged (the norm layer refuses them); TypeError
         unless ``update_stats`` is a bool.
         """
-        if update_stats is not True and update_stats is not False:
-            if not isinstance(update_stats, np.bool_):
-                raise _not_a_bool(update_stats)
+        _check_update_stats(update_stats)
         rew = self._base.predict_processed(state, action, next_state, done, **kwargs)
         norm = self.normalize_output_layer
         out = norm.normalize(rew)

@@ -266,17 +266,25 @@ class RelabelRewards(ConnectorV2):
         Those transitions (an env that emitted NaN or inf) get reward 0 and never reach
         the net or its statistics, unless ``on_non_finite="raise"``.
         """
-        finite = _finite_rows(state, action, next_state)
-        if finite is None:
+        bad = sorted(
+            {
+                row
+                for arr in (state, action, next_state)
+                if np.asarray(arr).dtype.kind == "f"
+                for row in preprocessing.non_finite_rows(np.asarray(arr))
+            }
+        )
+        if not bad:
             return self._predict_rows(state, action, next_state, done), 0
-        bad = np.flatnonzero(~finite)
         if self.on_non_finite == "raise":
             raise ValueError(
-                f"RelabelRewards: {len(bad)} of {len(finite)} transitions have NaN or inf "
-                f"observations or actions (rows {preprocessing.format_rows(bad.tolist())}); "
+                f"RelabelRewards: {len(bad)} of {len(done)} transitions have NaN or inf "
+                f"observations or actions (rows {preprocessing.format_rows(bad)}); "
                 'pass on_non_finite="skip" to give them reward 0 and go on'
             )
-        learned = np.zeros(len(finite), dtype=np.float32)
+        finite = np.ones(len(done), dtype=bool)
+        finite[bad] = False
+        learned = np.zeros(len(done), dtype=np.float32)
         if finite.any():
             learned[finite] = self._predict_rows(
                 state[finite], action[finite], next_state[finite], done[finite]
@@ -359,15 +367,3 @@ def _module_device(rl_module: RLModule | None) -> th.device | None:
             for p in module.parameters():
                 return p.device
     return None
-
-
-def _finite_rows(*arrays: np.ndarray) -> np.ndarray | None:
-    """Per row, whether every float value in ``arrays`` is finite; None when all are."""
-    ok = None
-    for arr in arrays:
-        arr = np.asarray(arr)
-        if arr.dtype.kind != "f":
-            continue
-        row_ok = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        ok = row_ok if ok is None else ok & row_ok
-    return None if ok is None or ok.all() else ok

@@ -125,17 +125,17 @@ def _log(msg: str) -> None:
 def _train_until(algo: Any, timesteps: int, label: str) -> list[tuple[int, float]]:
     """Train until ``timesteps`` env steps; the curve of (steps, true episode return)."""
     curve: list[tuple[int, float]] = []
-    steps = 0
+    steps, last = 0, None
     while steps < timesteps:
         result = algo.train()
         runners = result["env_runners"]
         steps = int(runners["num_env_steps_sampled_lifetime"])
         ret = float(runners.get("episode_return_mean", np.nan))
         curve.append((steps, ret))
+        # An iteration in which no episode ended has no return: show the last one.
+        last = last if np.isnan(ret) else ret
         if len(curve) % 5 == 0 or steps >= timesteps:
-            # An iteration in which no episode ended has no return: show the last one.
-            finished = [r for _, r in curve if not np.isnan(r)]
-            shown = f"episode return {finished[-1]:.1f}" if finished else "no episode ended yet"
+            shown = "no episode ended yet" if last is None else f"episode return {last:.1f}"
             _log(f"{label}: {steps}/{timesteps} env steps, {shown}")
     return curve
 

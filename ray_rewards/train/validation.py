@@ -246,6 +246,9 @@ def wait_for_gpus(cfg: TrainConfig, log: Callable[[str], None] = print) -> None:
 
     import ray
 
+    if not ray.is_initialized():
+        ray.init()  # what TorchTrainer.fit would do next anyway
+
     def have() -> float:
         return ray.cluster_resources().get("GPU", 0.0)
 
