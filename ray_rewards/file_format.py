@@ -164,11 +164,13 @@ def _activation_classes() -> list[type[nn.Module]]:
     return [c for c in classes if issubclass(c, nn.Module) and c is not nn.MultiheadAttention]
 
 
+_ACTIVATIONS = frozenset(_activation_classes())
+
 for _cls in (
     *_module_classes(reward_nets),
     *_module_classes(networks),
     *_TORCH_LAYERS,
-    *_activation_classes(),
+    *_ACTIVATIONS,
 ):
     register_safe_class(_cls)
 
@@ -415,19 +417,85 @@ def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {}
 
 
-def _check_structure(net: nn.Module, source: str) -> None:
-    """ValueError unless every layer's tensors have the shapes its attributes record.
+# The child modules each library class makes, by exact class. A file that gives one of
+# them others (a hidden layer never run, yet shipped and re-saved with the net) or
+# leaves one out is refused. Containers hold what they were given; a user's registered
+# class is the user's to check.
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_CHILDREN: dict[type, frozenset[str]] = {
+    cls: frozenset()
+    for cls in (*_TORCH_LAYERS, *_ACTIVATIONS, *_module_classes(networks))
+    if cls not in _CONTAINERS
+}
+_CHILDREN.update(
+    {
+        reward_nets.BasicRewardNet: frozenset({"mlp"}),
+        reward_nets.CNNRewardNet: frozenset({"cnn"}),
+        reward_nets.BasicPotentialMLP: frozenset({"_potential_net"}),
+        reward_nets.BasicPotentialCNN: frozenset({"_potential_net"}),
+        reward_nets.RewardEnsemble: frozenset({"members"}),
+        reward_nets.NormalizedRewardNet: frozenset({"_base", "normalize_output_layer"}),
+        reward_nets.ShapedRewardNet: frozenset({"_base", "potential"}),
+        reward_nets.BasicShapedRewardNet: frozenset({"_base", "potential"}),
+        **{
+            cls: frozenset({"_base"})
+            for cls in (
+                reward_nets.ForwardWrapper,
+                reward_nets.PredictProcessedWrapper,
+                reward_nets.AddSTDRewardWrapper,
+            )
+        },
+    }
+)
 
-    A file can pair a small layer description with other tensors; such a net would
-    fail (or silently differ) at its first forward pass, so it is refused on load.
+
+def _layer_widths(seq: nn.Sequential, width: int | None) -> str | None:
+    """Why the dense layers of ``seq`` do not chain (each takes what the one before
+    gives; ``width`` is what ``seq`` is fed, None when unknown), or None when they do.
+    """
+    for name, layer in seq.named_children():
+        if isinstance(layer, nn.Linear):
+            if width is not None and layer.in_features != width:
+                return f"layer {name!r} takes {layer.in_features} features but is given {width}"
+            width = layer.out_features
+        elif isinstance(layer, networks.BaseNorm):
+            if width is not None and layer.num_features != width:
+                return f"layer {name!r} normalizes {layer.num_features} features of {width}"
+        elif type(layer) not in _ACTIVATIONS and not isinstance(
+            layer, (networks.SqueezeLayer, nn.Dropout, nn.Identity)
+        ):
+            width = None  # convolutions, pooling, flattening: not followed here
+    return None
+
+
+def _check_structure(net: nn.Module, source: str) -> None:
+    """ValueError unless every library module holds the children its class makes, dense
+    layers chain, and every layer's tensors have the shapes its attributes record.
+
+    A file can pair a small layer description with other tensors, or carry layers the
+    net never runs; such a file is refused on load, before the net is used or re-saved.
     """
     for name, module in net.named_modules():
+        where = f"{source}: {name or '<root>'!r} ({type(module).__name__})"
+        expected = _CHILDREN.get(type(module))
+        if expected is not None and set(module._modules) != expected:
+            raise ValueError(
+                f"{where} holds the modules {sorted(module._modules)} where its class makes "
+                f"{sorted(expected)}; the file does not match its recorded architecture"
+            )
+        if isinstance(module, nn.Sequential):
+            width = None
+            parent = net.get_submodule(name.rpartition(".")[0]) if name else None
+            if isinstance(parent, reward_nets.BasicRewardNet) and parent.mlp is module:
+                width = parent.input_size
+            problem = _layer_widths(module, width)
+            if problem:
+                raise ValueError(f"{where}: {problem}; the file does not match its architecture")
         tensors = {**module._parameters, **module._buffers}
         for attr, shape in _expected_shapes(module).items():
             tensor = tensors.get(attr)
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(
-                    f"{source}: layer {name or '<root>'!r} ({type(module).__name__}) records "
-                    f"{attr} of shape {shape} but holds {tuple(tensor.shape)}; the file does "
-                    "not match its recorded architecture"
+                    f"{where} records {attr} of shape {shape} but holds "
+                    f"{tuple(tensor.shape)}; the file does not match its recorded architecture"
                 )

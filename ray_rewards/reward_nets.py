@@ -385,15 +385,19 @@ class BasicRewardNet(RewardNet):
         self.use_action = use_action
         self.use_next_state = use_next_state
         self.use_done = use_done
-        obs_dim = preprocessing.flat_dim(observation_space)
-        in_size = (
-            obs_dim * (use_state + use_next_state)
-            + preprocessing.flat_dim(action_space) * use_action
-            + use_done
-        )
         mlp_kwargs = {"hid_sizes": (32, 32), **kwargs}
         self.mlp = networks.build_mlp(
-            in_size=in_size, out_size=1, squeeze_output=True, **mlp_kwargs
+            in_size=self.input_size, out_size=1, squeeze_output=True, **mlp_kwargs
+        )
+
+    @property
+    def input_size(self) -> int:
+        """Width of the concatenated inputs the MLP takes (from the spaces and ``use_*``)."""
+        obs_dim = preprocessing.flat_dim(self.observation_space)
+        return (
+            obs_dim * (self.use_state + self.use_next_state)
+            + preprocessing.flat_dim(self.action_space) * self.use_action
+            + self.use_done
         )
 
     def forward(

@@ -241,6 +241,45 @@ def test_tensors_unlike_the_recorded_architecture_are_refused(tmp_path):
         serialize.load(path)
 
 
+def _hide_layer(net):
+    net.base._modules["hidden"] = nn.Linear(64, 64)
+
+
+def _nest_in_a_leaf(net):
+    net.normalize_output_layer._modules["extra"] = nn.Linear(4, 4)
+
+
+def _drop_the_norm(net):
+    del net._modules["normalize_output_layer"]
+
+
+def _widen_the_first_layer(net):
+    net.base.mlp.dense0 = nn.Linear(net.base.input_size + 2, net.base.mlp.dense0.out_features)
+
+
+def _break_the_chain(net):
+    net.base.mlp.dense_final = nn.Linear(5, 1)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_hide_layer, r"'_base' \(BasicRewardNet\) holds the modules \['hidden', 'mlp'\]"),
+        (_nest_in_a_leaf, r"\(RunningNorm\) holds the modules \['extra'\] where its class"),
+        (_drop_the_norm, r"holds the modules \['_base'\] where its class makes"),
+        (_widen_the_first_layer, r"layer 'dense0' takes 10 features but is given 8"),
+        (_break_the_chain, r"layer 'dense_final' takes 5 features but is given 8"),
+    ],
+)
+def test_modules_unlike_what_the_class_makes_are_refused(tmp_path, edit, message):
+    net = make_net(normalized=True)
+    edit(net)
+    path = tmp_path / "edited.pt"
+    th.save(net, path)
+    with pytest.raises(ValueError, match=message):
+        serialize.load(path)
+
+
 # ---------------------------------------------------------------------------------------
 # Relabeling data
 # ---------------------------------------------------------------------------------------
@@ -267,9 +306,14 @@ def test_one_bad_row_fails_the_relabel_and_merges_nothing(ray_session):
     ds = as_dataset(transition_table(bad_row=17))
     with pytest.raises(
         Exception, match=r"state: expected finite values, got NaN or inf at rows 17"
-    ):
+    ) as kept:
         data.relabel_dataset(ds, net, update_stats=True, batch_size=64)
     assert_unchanged(net, before)
+    # The failed run's exception (and its traceback's frames) is still alive here; the
+    # next relabel in the same driver must not wait on what the failed one held.
+    assert kept.value is not None
+    out = data.relabel_dataset(as_dataset(transition_table()), net, batch_size=64)
+    assert np.isfinite(out.to_pandas()["learned_rewards"].to_numpy()).all()
 
 
 @pytest.mark.parametrize(

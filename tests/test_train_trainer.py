@@ -234,3 +234,26 @@ def test_resume_refuses_a_config_that_changed_what_it_trains(data, tmp_path):
     result = trainer.train(other, fresh=True)
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert serialize.load(other.output).base.mlp.dense0.out_features == 4
+
+
+def test_rows_holding_nan_are_left_out_and_counted(data, tmp_path):
+    pairs = schemas.collect_numpy(schemas.read_parquet(data["train"]))
+    bad = [3, 40, 41]
+    pairs["obs_1"][bad[0], 1, 0] = np.nan
+    pairs["new_obs_2"][bad[1], 0, 2] = np.inf
+    pairs["actions_2"][bad[2], 3, 0] = -np.inf
+    schema = schemas.preference_schema(*trainer.env_spaces(ENV), LENGTH)
+    poisoned = schemas.write_parquet(pairs, tmp_path / "poisoned", schema)
+    cfg = dataclasses.replace(_config({**data, "train": poisoned}, tmp_path), epochs=1)
+    result = trainer.train(cfg)
+    assert result.history[-1]["num_non_finite_rows"] == len(bad)
+    net = serialize.load(cfg.output)
+    moments = net.normalize_output_layer.moments()
+    assert moments.count == 2 * (PAIRS - len(bad)) * LENGTH
+    assert all(np.isfinite(v).all() for v in net.state_dict().values())
+
+    strict = dataclasses.replace(cfg, on_non_finite="raise")
+    with pytest.raises(ValueError, match=r"column 'obs_1' holds NaN or inf at rows 3 of 96"):
+        trainer._finite_rows(pairs, "train_data", strict)
+    with pytest.raises(ValueError, match="on_non_finite: expected 'skip' or 'raise', got 'drop'"):
+        dataclasses.replace(cfg, on_non_finite="drop")

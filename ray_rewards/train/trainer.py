@@ -41,7 +41,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 
-from ray_rewards import networks, reward_nets, serialize, storage
+from ray_rewards import networks, preprocessing, reward_nets, serialize, storage
 from ray_rewards.config_file import PATH_FIELD, load_settings
 from ray_rewards.stats import Moments
 from ray_rewards.train import losses, schemas
@@ -103,6 +103,9 @@ class TrainConfig:
         verbose: log one progress line per epoch (from the rank-0 worker).
         gpu_wait_s: with ``use_gpu``, how long to wait for GPUs to join the cluster (an
             autoscaling one) before failing; 0 fails at once when none are there.
+        on_non_finite: rows holding NaN/inf in any number are left out of training,
+            evaluation and the statistics and counted (``"skip"``, reported as
+            ``num_non_finite_rows``), or stop the run naming them (``"raise"``).
 
     Every field is checked when the config is made, and every problem is reported
     at once, one line each (ValueError); see :mod:`ray_rewards.train.validation`.
@@ -132,6 +135,7 @@ class TrainConfig:
     max_failures: int = 0
     verbose: bool = True
     gpu_wait_s: float = 0.0
+    on_non_finite: str = "skip"
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -203,10 +207,20 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     loss_fn = losses.LOSSES[cfg.loss] if isinstance(cfg.loss, str) else cfg.loss
-    data = schemas.collect_numpy(ray.train.get_dataset_shard("train"))
-    eval_data = (
-        schemas.collect_numpy(ray.train.get_dataset_shard("eval")) if cfg.eval_data else None
+    data, skipped = _finite_rows(
+        schemas.collect_numpy(ray.train.get_dataset_shard("train")), "train_data", cfg
     )
+    eval_data = None
+    if cfg.eval_data:
+        eval_data, eval_skipped = _finite_rows(
+            schemas.collect_numpy(ray.train.get_dataset_shard("eval")), "eval_data", cfg
+        )
+        skipped += eval_skipped
+    if skipped and rank == 0:
+        logger.warning(
+            "[reward training] left out %d row(s) holding NaN or inf (on_non_finite='skip')",
+            skipped,
+        )
 
     net = build_net(cfg, *loop_config["spaces"])
     start_epoch, history, opt_state = 0, [], None
@@ -247,7 +261,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             net.normalize_output_layer, networks.RunningNorm
         ):
             _fit_output_norm(net, data, rank, world)
-        metrics = {"epoch": epoch, "start_epoch": start_epoch}
+        metrics = {"epoch": epoch, "start_epoch": start_epoch, "num_non_finite_rows": skipped}
         metrics.update({f"train_{k}": v for k, v in sums.means(net).items()})
         if eval_data is not None:
             evaluated = _evaluate(net, eval_data, loss_fn, cfg, rank, world)
@@ -260,6 +274,31 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
             )
             logger.info("[reward training] epoch %d/%d %s", epoch + 1, cfg.epochs, shown)
         _report(net, opt, epoch, history, metrics, rank)
+
+
+def _finite_rows(
+    data: dict[str, np.ndarray], name: str, cfg: TrainConfig
+) -> tuple[dict[str, np.ndarray], int]:
+    """``data`` without the rows holding NaN/inf in any float column, and how many those
+    were; ValueError naming them instead when ``cfg.on_non_finite == "raise"``.
+    """
+    bad: set[int] = set()
+    for column, values in data.items():
+        if values.dtype.kind in "fc" and len(values):
+            rows = preprocessing.non_finite_rows(values)
+            if rows and cfg.on_non_finite == "raise":
+                raise ValueError(
+                    f"{name}: column {column!r} holds NaN or inf at rows "
+                    f"{preprocessing.format_rows(rows)} of {len(values)} "
+                    "(on_non_finite='raise'; 'skip' leaves such rows out)"
+                )
+            bad.update(rows)
+    if not bad:
+        return data, 0
+    keep = np.setdiff1d(np.arange(len(next(iter(data.values())))), sorted(bad))
+    if not len(keep):
+        raise ValueError(f"{name}: every one of its {len(bad)} rows holds NaN or inf")
+    return _take(data, keep), len(bad)
 
 
 def _take(data: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

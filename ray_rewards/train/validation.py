@@ -186,6 +186,8 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         add(f"max_failures: expected an integer >= 0 (or -1: no limit), got {cfg.max_failures!r}")
     if not _is_number(cfg.gpu_wait_s) or not cfg.gpu_wait_s >= 0:
         add(f"gpu_wait_s: expected a number of seconds >= 0, got {cfg.gpu_wait_s!r}")
+    if cfg.on_non_finite not in ("skip", "raise"):
+        add(f"on_non_finite: expected 'skip' or 'raise', got {cfg.on_non_finite!r}")
     if not _is_int(cfg.seed):
         add(f"seed: expected an integer, got {cfg.seed!r}")
     for flag in ("normalize_output", "use_gpu", "verbose"):
