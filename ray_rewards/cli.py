@@ -96,6 +96,59 @@ def relabel(
     )
 
 
+@main.command("record")
+@click.argument("checkpoint")
+@click.argument("output_path", metavar="OUTPUT")
+@click.option(
+    "--episodes", "num_episodes", type=click.IntRange(min=1), required=True, help="Episodes."
+)
+@click.option("--explore", is_flag=True, help="Sample actions instead of the greedy ones.")
+@click.option("--seed", type=int, default=None, help="Env seed (default: the algorithm's).")
+@click.option("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local).")
+def record(
+    checkpoint: str,
+    output_path: str,
+    num_episodes: int,
+    explore: bool,
+    seed: int | None,
+    address: str | None,
+) -> None:
+    """Record complete episodes of the RLlib policy saved in CHECKPOINT (path or URI) as
+    Parquet transitions at OUTPUT (RLlib's column names, actions in env units): expert
+    demonstrations for GAIL/AIRL, or input for `ray-rewards relabel`.
+
+    OUTPUT appears only when the whole recording succeeded.
+    """
+    import os
+
+    from ray_rewards import storage
+
+    checkpoint = storage.absolute(checkpoint)
+    if not storage.is_uri(checkpoint) and not os.path.isdir(checkpoint):
+        raise click.ClickException(f"no checkpoint at {checkpoint}")
+    out = os.path.abspath(output_path)
+    if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
+        raise click.ClickException(f"{out} already exists; choose a new path")
+    import ray
+
+    from ray_rewards.rllib.record import record_demonstrations
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False)
+    try:
+        result = record_demonstrations(
+            checkpoint, output_path, num_episodes=num_episodes, explore=explore, seed=seed
+        )
+    except (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as err:
+        raise click.ClickException(str(err)) from err
+    except ray.exceptions.RayError as err:
+        raise click.ClickException(f"recording failed: {err}") from err
+    click.echo(
+        f"recorded {result.num_episodes} episodes ({result.num_transitions} transitions, "
+        f"mean return {result.mean_return:.2f}) into {result.path}"
+    )
+
+
 @main.command("train")
 @click.argument("config_path", metavar="CONFIG")
 @click.option("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local).")

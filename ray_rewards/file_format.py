@@ -1,5 +1,8 @@
 """The saved-net file format: ``th.save`` of the net, loaded only through an allowlist.
 
+Reason for its length: the allowlist, the loader and the structure checks run on
+what it loads are one safety boundary, kept in one file so that none is used alone.
+
 Safety. A pickle can run arbitrary code, so every load goes through torch's
 ``weights_only=True`` unpickler, which imports nothing but an allowlist. At
 ``import ray_rewards`` this module adds exactly what a library net needs to that
@@ -443,6 +446,7 @@ _CHILDREN.update(
                 reward_nets.ForwardWrapper,
                 reward_nets.PredictProcessedWrapper,
                 reward_nets.AddSTDRewardWrapper,
+                reward_nets.RewardNetFromDiscriminatorLogit,
             )
         },
     }

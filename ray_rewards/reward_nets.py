@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch as th
+import torch.nn.functional as F  # noqa: N812
 from gymnasium import spaces
 from torch import nn
 
@@ -554,6 +555,25 @@ class ShapedRewardNet(ForwardWrapper):
         )
         new_potential = (1 - done.to(base_rew.dtype)) * self._potential(next_state)
         return base_rew + self.discount_factor * new_potential - self._potential(state)
+
+
+class RewardNetFromDiscriminatorLogit(ForwardWrapper):
+    r"""GAIL's policy reward from a discriminator: ``-log(1 - D) = -logsigmoid(-logit)``.
+
+    ``base`` outputs the logit of "this transition is the expert's" (GAIL's
+    discriminator). The reward is a non-decreasing map of that logit, always positive,
+    as imitation's GAIL gives its generator: ``(B,)`` in, ``(B,)`` out.
+    """
+
+    def forward(
+        self,
+        state: th.Tensor,
+        action: th.Tensor,
+        next_state: th.Tensor | None,
+        done: th.Tensor | None,
+    ) -> th.Tensor:
+        """``-logsigmoid(-base(...))``, shape ``(B,)``."""
+        return -F.logsigmoid(-self._base(state, action, next_state, done))
 
 
 class BasicPotentialMLP(nn.Module):

@@ -8,25 +8,35 @@
   statistics merging across learners, learned-reward metrics and checkpoints that
   carry the net (``reward_state.py``, ``algorithm.py``); env-runner mode in
   ``env_runner_relabel.py``.
+- :func:`with_adversarial_reward` (``config.py``): GAIL/AIRL, the discriminator
+  trained on the learners by :class:`AdversarialRewards` (``adversarial.py``) against
+  expert transitions (``demonstrations.py``).
+- :func:`record_demonstrations` (``record.py``): a trained policy's transitions as Parquet.
 - ``_compat.py``: every RLlib internal the integration relies on.
 
 Modules depend one way: config -> algorithm -> reward_state -> learner_connector ->
-relabel_connector -> episodes.
+adversarial -> relabel_connector -> episodes.
 """
 
+from ray_rewards.rllib.adversarial import AdversarialRewards
 from ray_rewards.rllib.algorithm import LearnedRewardAlgorithm, learned_reward_algorithm_class
-from ray_rewards.rllib.config import with_learned_reward
+from ray_rewards.rllib.config import with_adversarial_reward, with_learned_reward
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
+from ray_rewards.rllib.record import RecordResult, record_demonstrations
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
 from ray_rewards.rllib.reward_state import REWARD_NET_FILE, state_of
 
 __all__ = [
+    "AdversarialRewards",
     "LEARNED_REWARD",
     "REWARD_NET_FILE",
     "LearnedRewardAlgorithm",
     "LearnedRewardConnector",
+    "RecordResult",
     "RelabelRewards",
     "learned_reward_algorithm_class",
+    "record_demonstrations",
     "state_of",
+    "with_adversarial_reward",
     "with_learned_reward",
 ]

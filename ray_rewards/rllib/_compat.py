@@ -36,6 +36,21 @@ def config_attribute(config: Any, key: str) -> str:
     return config._translate_special_keys(key, warn_deprecated=False)
 
 
+def runner_env_seed(runner: Any) -> int | None:
+    """The seed an env runner resets its envs with at the start of ``sample()``."""
+    return runner._seed
+
+
+def set_runner_env_seed(runner: Any, seed: int | None) -> None:
+    """Set the seed of :func:`runner_env_seed`."""
+    runner._seed = seed
+
+
+def set_frozen(config: Any, attribute: str, value: Any) -> None:
+    """Set an attribute of a frozen ``AlgorithmConfig`` (whose ``__setattr__`` refuses)."""
+    object.__setattr__(config, attribute, value)
+
+
 def algorithm_class(name: str) -> type:
     """The RLlib Algorithm class registered as ``name`` (e.g. ``"PPO"``).
 

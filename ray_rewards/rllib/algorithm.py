@@ -11,7 +11,8 @@ with this mixin in front. The mixin
 - on ``save_to_path`` (which ``Algorithm.save`` and Tune use too) first merges the
   normalization statistics of all copies, then writes the net next to RLlib's
   files as ``<checkpoint>/reward_net.pt`` in ray_rewards' format (loadable by
-  ``ray_rewards.serialize.load``, ``load_reward`` and ``ray-rewards inspect``);
+  ``ray_rewards.serialize.load``, ``load_reward`` and ``ray-rewards inspect``),
+  and for GAIL/AIRL the discriminator's optimizer state beside it;
 - on ``restore_from_path`` (and so ``Algorithm.from_checkpoint``) loads that file
   and gives it to every learner's copy.
 
@@ -61,6 +62,7 @@ class LearnedRewardAlgorithm:
             filesystem, path = storage.resolve(path, filesystem)
         reward_state = state_of(self)  # type: ignore[arg-type]
         reward_state.sync(self)  # type: ignore[arg-type]
+        reward_state.pull(self)  # type: ignore[arg-type]
         path = super().save_to_path(  # type: ignore[misc]
             path, state=state, filesystem=filesystem, use_msgpack=use_msgpack
         )

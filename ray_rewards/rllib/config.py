@@ -31,14 +31,23 @@ from ray.rllib.utils.metrics import AGGREGATOR_ACTOR_RESULTS, ALL_MODULES, LEARN
 
 from ray_rewards import file_format, networks
 from ray_rewards.actors import RewardActor, RewardActorPool
-from ray_rewards.reward_nets import RewardNet
+from ray_rewards.inspect import format_chain
+from ray_rewards.reward_nets import (
+    NormalizedRewardNet,
+    PredictProcessedWrapper,
+    RewardNet,
+    RewardNetFromDiscriminatorLogit,
+)
 from ray_rewards.rllib._compat import config_learner_connector
+from ray_rewards.rllib.adversarial import AIRL_REWARDS, ALGOS
 from ray_rewards.rllib.algorithm import learned_reward_algorithm_class
+from ray_rewards.rllib.demonstrations import Demonstrations
 from ray_rewards.rllib.env_runner_relabel import RelabelOnEnvRunner
 from ray_rewards.rllib.episodes import Mode
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
 from ray_rewards.rllib.reward_state import state_of
+from ray_rewards.train import losses
 
 RewardSource = RewardNet | str | os.PathLike | RewardActor | RewardActorPool
 
@@ -193,6 +202,139 @@ def _relabel_on_env_runners(
     return new
 
 
+def with_adversarial_reward(
+    config: AlgorithmConfig,
+    reward_net: RewardNet | str | os.PathLike,
+    demonstrations: Any,
+    *,
+    algo: str = "gail",
+    n_disc_updates: int = 4,
+    disc_batch_size: int = 512,
+    disc_lr: float = 1e-3,
+    replay_batches: int = 1,
+    env_actions: bool = True,
+    on_non_finite: str = "skip",
+    buffer_rows: int = 200_000,
+    seed: int | None = None,
+    airl_reward: str = "logit",
+) -> AlgorithmConfig:
+    """A copy of ``config`` that learns its reward adversarially while the policy learns.
+
+    GAIL (Ho & Ermon, 2016) or AIRL (Fu et al., 2018) as imitation runs them, with any
+    new-API-stack algorithm (PPO, SAC, ...), any number of env runners and learners:
+    each learner update first relabels its transitions with the policy's reward under
+    the current discriminator, then trains the discriminator ``n_disc_updates`` steps
+    against the demonstrations (see :mod:`ray_rewards.rllib.adversarial`).
+    ``result["learned_reward"]`` reports the relabeled reward (as
+    :func:`with_learned_reward`) and the discriminator: ``disc_loss``,
+    ``disc_accuracy`` (overall, ``_expert``, ``_policy``), ``disc_entropy``,
+    ``expert_logit_mean``, ``policy_logit_mean``. Checkpoints hold the policy's
+    reward net as ``reward_net.pt`` (GAIL: ``RewardNetFromDiscriminatorLogit`` of the
+    discriminator; AIRL: the shaped net, whose reward without shaping is
+    ``load_reward("RewardNet_unshaped", path)``) and the discriminator's optimizer
+    state; ``Algorithm.from_checkpoint`` resumes both.
+
+    Args:
+        config: the algorithm config (new API stack, single agent); not modified.
+        reward_net: the discriminator: any RewardNet for GAIL (its ``forward`` is the
+            logit of "expert"), a shaped net (e.g. ``BasicShapedRewardNet``, possibly
+            under a ``NormalizedRewardNet``) for AIRL; or the path of one.
+        demonstrations: expert transitions in env units: a Parquet path/URI in RLlib's
+            columns, a ``ray.data.Dataset``, a mapping of arrays, or imitation's
+            ``Transitions`` (see :mod:`ray_rewards.rllib.demonstrations`).
+        algo: ``"gail"`` or ``"airl"``.
+        n_disc_updates: discriminator steps per learner update (imitation's
+            ``n_disc_updates_per_round``).
+        disc_batch_size: expert transitions per step on each learner, with as many of
+            the policy's (imitation's ``demo_batch_size``).
+        disc_lr: the discriminator's Adam learning rate.
+        replay_batches: earlier updates whose policy transitions the discriminator
+            may still draw (imitation's generator replay buffer).
+        env_actions: give the discriminator the actions the env received, as the
+            demonstrations hold them (see :func:`with_learned_reward`).
+        on_non_finite: as in :func:`with_learned_reward`.
+        buffer_rows: rows of a Parquet source that each learner holds at a time.
+        seed: seeds the discriminator's draws (default: the config's seed, else 0).
+        airl_reward: AIRL's reward for the policy: ``"logit"`` (default), ``f - log
+            pi(a|s)``, the AIRL paper's ``log D - log(1 - D)``, which carries the
+            policy's entropy in the reward; or ``"f"``, the shaped net alone
+            (imitation's ``reward_train``), which relies on fixed-horizon envs: ``f``
+            is negative on average, so where episodes can end early the policy learns
+            to end them (PPO on CartPole-v1: 9.4-step episodes after 20k steps, where
+            ``"logit"`` reached 500). RLlib's entropy bonus is a loss term, not part
+            of the return, so it does not make up for it.
+
+    Raises:
+        TypeError: a bad config, net or demonstrations type.
+        ValueError: a net that does not suit ``algo`` (AIRL needs a shaped net; GAIL's
+            must not post-process its output), demonstrations that do not fit the net
+            or are empty, an off-policy config with ``n_step != 1``, a multi-agent
+            config, IMPALA/APPO aggregator actors, or a bad option.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"with_adversarial_reward: algo must be one of {ALGOS}, got {algo!r}")
+    if airl_reward not in AIRL_REWARDS:
+        raise ValueError(
+            f"with_adversarial_reward: airl_reward must be one of {AIRL_REWARDS}, got "
+            f"{airl_reward!r}"
+        )
+    for name, value, low in (
+        ("n_disc_updates", n_disc_updates, 1),
+        ("disc_batch_size", disc_batch_size, 1),
+        ("replay_batches", replay_batches, 0),
+        ("buffer_rows", buffer_rows, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(
+                f"with_adversarial_reward: {name} must be an integer >= {low}, got {value!r}"
+            )
+    if not (isinstance(disc_lr, (int, float)) and disc_lr > 0):
+        raise ValueError(f"with_adversarial_reward: disc_lr must be a number > 0, got {disc_lr!r}")
+    if not isinstance(config, AlgorithmConfig):
+        raise TypeError(f"with_adversarial_reward: expected an AlgorithmConfig, got {type(config)}")
+    if config.is_multi_agent:
+        raise ValueError("with_adversarial_reward: multi-agent configs are not supported yet")
+    if getattr(config, "num_aggregator_actors_per_learner", 0):
+        raise ValueError(
+            "with_adversarial_reward: the discriminator trains on the learners, but this "
+            "config builds train batches on aggregator actors; set "
+            "learners(num_aggregator_actors_per_learner=0)"
+        )
+    disc = _load(reward_net)
+    if algo == "airl" and not losses.is_shaped(disc):
+        raise ValueError(
+            "with_adversarial_reward: AIRL needs a shaped reward net (reward plus potential "
+            f"shaping, e.g. BasicShapedRewardNet), got {format_chain(disc)}"
+        )
+    if algo == "gail" and isinstance(disc, PredictProcessedWrapper):
+        raise ValueError(
+            "with_adversarial_reward: GAIL trains the net's forward as the logit of "
+            f"'expert'; pass the plain net, got {format_chain(disc)}"
+        )
+    policy_net = RewardNetFromDiscriminatorLogit(disc) if algo == "gail" else disc
+    demos = Demonstrations.from_source(demonstrations, disc)
+    new = with_learned_reward(
+        config,
+        policy_net,
+        update_stats=any(isinstance(m, NormalizedRewardNet) for m in policy_net.modules()),
+        env_actions=env_actions,
+        on_non_finite=on_non_finite,
+    )
+    connector = config_learner_connector(new)
+    connector.adversarial = {
+        "algo": algo,
+        "demonstrations": demos,
+        "n_disc_updates": n_disc_updates,
+        "disc_batch_size": disc_batch_size,
+        "disc_lr": float(disc_lr),
+        "replay_batches": replay_batches,
+        "buffer_rows": buffer_rows,
+        "seed": int(seed if seed is not None else (config.seed or 0)),
+        "airl_reward": airl_reward,
+    }
+    return new
+
+
 class LearnedRewardResults:
     """``on_train_result`` callback: merge statistics, report ``result["learned_reward"]``."""
 
@@ -231,4 +373,9 @@ def _as_list(callbacks: Any) -> list[Any]:
     return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
 
 
-__all__ = ["LearnedRewardConnector", "LearnedRewardResults", "with_learned_reward"]
+__all__ = [
+    "LearnedRewardConnector",
+    "LearnedRewardResults",
+    "with_adversarial_reward",
+    "with_learned_reward",
+]

@@ -12,10 +12,12 @@ relabeled transition. Checkpoints save that copy as ``<checkpoint>/reward_net.pt
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
+import torch as th
 from ray.rllib.connectors.common import BatchIndividualItems, NumpyToTensor
 from ray.rllib.connectors.learner import AddNextObservationsFromEpisodesToTrainBatch
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
 
 REWARD_NET_FILE = storage.NET_FILE
+OPTIMIZER_FILE = "discriminator_optimizer.pt"
 _STATE_ATTR = "_ray_rewards_learned_reward"
 
 
@@ -46,7 +49,12 @@ class LearnedRewardState:
     def __init__(self, connector: LearnedRewardConnector):
         self.connector = connector
         self.net: RewardNet = connector.load_net()
-        self.update_stats: bool = bool(connector.options.get("update_stats", False))
+        self.adversarial = connector.adversarial is not None
+        # A discriminator's input statistics move on every learner as it trains.
+        self.update_stats: bool = bool(connector.options.get("update_stats", False)) or (
+            self.adversarial and bool(networks.norm_moments(self.net))
+        )
+        self.optimizer_state: dict[str, Any] | None = None
 
     def check(self, algorithm: Algorithm) -> None:
         """ValueError unless the net fits the algorithm: the env's (single) spaces, and
@@ -136,19 +144,41 @@ class LearnedRewardState:
         _foreach_piece(algorithm, lambda piece: piece.absorb_norm_moments(merged))
         return merged
 
+    def pull(self, algorithm: Algorithm) -> None:
+        """GAIL/AIRL: take the trained net and its optimizer's state from the first
+        learner (all learners hold the same, their gradients being averaged).
+        """
+        if not self.adversarial:
+            return
+        state = _foreach_piece(algorithm, lambda piece: piece.get_state())[0]
+        self.net.load_state_dict({k: th.as_tensor(v) for k, v in state["reward_net"].items()})
+        self.optimizer_state = state["optimizer"]
+
     def push(self, algorithm: Algorithm) -> None:
-        """Load this copy's parameters and statistics into every copy."""
-        state = numpy_state_dict(self.net)
-        _foreach_piece(algorithm, lambda piece: piece.set_state({"reward_net": state}))
+        """Load this copy's parameters and statistics (and a discriminator's optimizer
+        state) into every copy.
+        """
+        state: dict[str, Any] = {"reward_net": numpy_state_dict(self.net)}
+        if self.optimizer_state is not None:
+            state["optimizer"] = self.optimizer_state
+        _foreach_piece(algorithm, lambda piece: piece.set_state(state))
 
     def learner_moments(self, algorithm: Algorithm) -> list[dict[str, Moments]]:
         """Each copy's current normalization moments (to check they agree)."""
         return _foreach_piece(algorithm, lambda piece: networks.norm_moments(piece.reward_net))
 
     def save(self, path: str, filesystem: pafs.FileSystem | None = None) -> str:
-        """Write the net (merged statistics included) as ``<path>/reward_net.pt``."""
+        """Write the net (merged statistics included) as ``<path>/reward_net.pt``, and a
+        discriminator's optimizer state as ``<path>/discriminator_optimizer.pt``.
+        """
         target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
         file_format.save(self.net, target, filesystem=filesystem)
+        if self.optimizer_state is not None:
+            buffer = io.BytesIO()
+            th.save(self.optimizer_state, buffer)
+            storage.write_bytes(
+                f"{path.rstrip('/')}/{OPTIMIZER_FILE}", buffer.getvalue(), filesystem=filesystem
+            )
         return target
 
     def restore(
@@ -166,6 +196,9 @@ class LearnedRewardState:
                 f"with a {format_chain(self.net)}"
             )
         self.net = net
+        if self.adversarial:
+            data = storage.read_bytes(f"{path.rstrip('/')}/{OPTIMIZER_FILE}", filesystem=filesystem)
+            self.optimizer_state = th.load(io.BytesIO(data), weights_only=True)
         self.push(algorithm)
         return True
 

@@ -97,7 +97,27 @@ def _discriminator(logits: th.Tensor, batch: Batch) -> LossOutput:
     return loss, {"loss": loss.detach(), "accuracy": accuracy}
 
 
-def _is_shaped(net: reward_nets.RewardNet) -> bool:
+def discriminator_metrics(logits: th.Tensor, is_expert: th.Tensor) -> dict[str, float]:
+    """What imitation logs of a discriminator step with rows of both kinds: accuracy
+    overall, on expert rows and on policy rows, the mean entropy of the predicted
+    label, and the mean logit of each kind.
+    """
+    with th.no_grad():
+        expert = is_expert > 0.5
+        correct = ((logits > 0) == expert).to(logits.dtype)
+        entropy = th.distributions.Bernoulli(logits=logits).entropy().mean()
+        return {
+            "disc_accuracy": float(correct.mean()),
+            "disc_accuracy_expert": float(correct[expert].mean()),
+            "disc_accuracy_policy": float(correct[~expert].mean()),
+            "disc_entropy": float(entropy),
+            "expert_logit_mean": float(logits[expert].mean()),
+            "policy_logit_mean": float(logits[~expert].mean()),
+        }
+
+
+def is_shaped(net: reward_nets.RewardNet) -> bool:
+    """Whether ``net`` is a ShapedRewardNet, possibly under PredictProcessedWrappers."""
     while isinstance(net, reward_nets.PredictProcessedWrapper):
         net = net.base
     return isinstance(net, reward_nets.ShapedRewardNet)
@@ -114,7 +134,7 @@ def airl_discriminator_loss(net: nn.Module, batch: Batch) -> LossOutput:
     without shaping, ``f`` cannot absorb the advantage and the recovered reward is
     not disentangled from the dynamics.
     """
-    if not _is_shaped(unwrap(net)):
+    if not is_shaped(unwrap(net)):
         raise TypeError(
             f"airl_discriminator_loss: expected a ShapedRewardNet (e.g. BasicShapedRewardNet), "
             f"got {type(unwrap(net)).__name__}"

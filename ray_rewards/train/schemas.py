@@ -32,6 +32,8 @@ OPTIONAL_TRANSITION_COLUMNS = {
     "rewards": pa.float32(),
     "is_expert": pa.bool_(),
     "action_logp": pa.float32(),
+    "truncateds": pa.bool_(),
+    "eps_id": pa.int64(),
 }
 FRAGMENT_COLUMNS = TRANSITION_COLUMNS
 PREFERENCE_COLUMNS = (

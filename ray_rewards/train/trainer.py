@@ -207,13 +207,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     loss_fn = losses.LOSSES[cfg.loss] if isinstance(cfg.loss, str) else cfg.loss
-    data, skipped = _finite_rows(
-        schemas.collect_numpy(ray.train.get_dataset_shard("train")), "train_data", cfg
-    )
+    data, skipped = _finite_rows(ray.train.get_dataset_shard("train"), "train_data", cfg)
     eval_data = None
     if cfg.eval_data:
         eval_data, eval_skipped = _finite_rows(
-            schemas.collect_numpy(ray.train.get_dataset_shard("eval")), "eval_data", cfg
+            ray.train.get_dataset_shard("eval"), "eval_data", cfg
         )
         skipped += eval_skipped
     if skipped and rank == 0:
@@ -276,12 +274,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
         _report(net, opt, epoch, history, metrics, rank)
 
 
-def _finite_rows(
-    data: dict[str, np.ndarray], name: str, cfg: TrainConfig
-) -> tuple[dict[str, np.ndarray], int]:
-    """``data`` without the rows holding NaN/inf in any float column, and how many those
-    were; ValueError naming them instead when ``cfg.on_non_finite == "raise"``.
+def _finite_rows(shard: Any, name: str, cfg: TrainConfig) -> tuple[dict[str, np.ndarray], int]:
+    """A data shard's rows as numpy columns without those holding NaN/inf in any float
+    column, and how many those were; ValueError naming them when ``on_non_finite="raise"``.
     """
+    data = shard if isinstance(shard, dict) else schemas.collect_numpy(shard)
     bad: set[int] = set()
     for column, values in data.items():
         if values.dtype.kind in "fc" and len(values):
