@@ -6,12 +6,31 @@ Add a command with ``@main.command()``; report a user error with
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator
 
 import click
 
 from ray_rewards import __version__, jobs, serialize
 from ray_rewards._supervise import run_supervised
+
+_USER_ERRORS = (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError)
+
+
+@contextlib.contextmanager
+def _reported(what: str, failures: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """User errors, and ``failures`` of the work itself (Ray's), as one-line messages
+    (exit code 1) instead of tracebacks.
+    """
+    try:
+        yield
+    except _USER_ERRORS as err:
+        raise click.ClickException(str(err)) from err
+    except failures as err:
+        from ray_rewards.data import root_cause
+
+        raise click.ClickException(f"{what} failed: {root_cause(err)}") from err
 
 
 @click.group()
@@ -28,10 +47,8 @@ def inspect_net(path: str) -> None:
     Prints the wrapper chain, the spaces, the parameter count and the statistics of
     every normalization layer. The file is loaded safely (nothing from it is run).
     """
-    try:
+    with _reported("inspect"):
         net = serialize.load(path, device="cpu")
-    except (OSError, ValueError, TypeError, pickle.UnpicklingError) as err:
-        raise click.ClickException(str(err)) from err
     click.echo(serialize.describe(net).format())
 
 
@@ -75,7 +92,7 @@ def relabel(
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
     start = time.perf_counter()
-    try:
+    with _reported("relabeling", (ray.exceptions.RayError,)):
         rows = data.relabel_parquet(
             input_path,
             output_path,
@@ -86,10 +103,6 @@ def relabel(
             concurrency=concurrency,
             num_gpus=num_gpus,
         )
-    except (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as err:
-        raise click.ClickException(str(err)) from err
-    except ray.exceptions.RayError as err:
-        raise click.ClickException(f"relabeling failed: {data.root_cause(err)}") from err
     click.echo(
         f"relabeled {rows} rows into {output_path} (column {column!r}) "
         f"in {time.perf_counter() - start:.1f} s"
@@ -135,14 +148,10 @@ def record(
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
-    try:
+    with _reported("recording", (ray.exceptions.RayError,)):
         result = record_demonstrations(
             checkpoint, output_path, num_episodes=num_episodes, explore=explore, seed=seed
         )
-    except (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError) as err:
-        raise click.ClickException(str(err)) from err
-    except ray.exceptions.RayError as err:
-        raise click.ClickException(f"recording failed: {err}") from err
     click.echo(
         f"recorded {result.num_episodes} episodes ({result.num_transitions} transitions, "
         f"mean return {result.mean_return:.2f}) into {result.path}"
@@ -181,12 +190,8 @@ def train_reward(config_path: str, address: str | None, fresh: bool) -> None:
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
-    try:
+    with _reported("reward training", (ray.train.TrainingFailedError,)):
         result = trainer.train(cfg, fresh=fresh)
-    except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as err:
-        raise click.ClickException(str(err)) from err
-    except ray.train.TrainingFailedError as err:
-        raise click.ClickException(f"reward training failed: {err}") from err
     last = result.history[-1]
     shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith(("train", "eval")))
     click.echo(f"saved {result.net_path} after {len(result.history)} epochs ({shown})")

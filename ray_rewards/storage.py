@@ -49,6 +49,21 @@ def resolve(
     return filesystem, path
 
 
+def parquet_files(path: PathLike, what: str = "input") -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem and sorted Parquet files of ``path`` (a file, or a folder searched
+    recursively; local or URI). FileNotFoundError names ``what`` when nothing is there.
+    """
+    fs, root = resolve(absolute(path))
+    fs = fs or pafs.LocalFileSystem()
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{what} {os.fspath(path)}: no such file or directory")
+    if info.type != pafs.FileType.Directory:
+        return fs, [root]
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    return fs, sorted(f.path for f in found if f.is_file and f.path.endswith(".parquet"))
+
+
 def _fsync_dir(directory: str) -> None:
     # Makes a rename durable. Best effort: some filesystems cannot fsync a directory,
     # and the file is complete under its name either way.

@@ -432,3 +432,45 @@ def test_a_net_for_other_spaces_is_refused_at_build(ray_session):
     }
     with pytest.raises(ValueError, match="observation space .* does not match the environment"):
         with_adversarial_reward(ppo(), net, demos).build_algo()
+
+
+@pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA device")
+def test_the_discriminator_trains_on_the_learners_gpu(ray_session):
+    net = BasicShapedRewardNet(CARTPOLE.observation_space, CARTPOLE.action_space)
+    config = ppo().learners(num_learners=0, num_gpus_per_learner=1)
+    algo = with_adversarial_reward(config, net, DEMOS, algo="airl").build_algo()
+    try:
+        learned = algo.train()["learned_reward"]
+        devices = algo.learner_group.foreach_learner(
+            lambda learner: str(
+                find_relabel_pieces(learner_pipeline(learner))[0].discriminator.device
+            )
+        )
+    finally:
+        algo.stop()
+    assert [d.get() for d in devices] == ["cuda:0"]
+    assert np.isfinite(learned["disc_loss"]) and learned["num_transitions"] >= 500
+
+
+@pytest.mark.slow
+def test_gail_learns_cartpole_from_twenty_perfect_episodes(ray_session):
+    """Default options, 2,000-step batches: an env return >= 200 within 120k env steps."""
+    net = BasicRewardNet(CARTPOLE.observation_space, CARTPOLE.action_space)
+    config = (
+        PPOConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=2, num_envs_per_env_runner=4)
+        .training(train_batch_size_per_learner=2000, minibatch_size=500, num_epochs=10, lr=3e-4)
+        .reporting(min_time_s_per_iteration=0)
+        .debugging(seed=0)
+    )
+    algo = with_adversarial_reward(config, net, cartpole_demos(episodes=20)).build_algo()
+    best, steps = 0.0, 0
+    try:
+        while steps < 120_000 and best < 200:
+            runners = algo.train()["env_runners"]
+            steps = runners["num_env_steps_sampled_lifetime"]
+            best = max(best, runners.get("episode_return_mean", 0.0))
+    finally:
+        algo.stop()
+    assert best >= 200, f"best return {best} after {steps} env steps"

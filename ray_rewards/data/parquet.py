@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
@@ -77,17 +76,7 @@ def _first_row(path: str) -> pa.Table | None:
     """The first row of the first Parquet file at ``path`` (file or directory, searched
     recursively; local or URI), read with pyarrow alone; None when there is no row.
     """
-    fs, root = storage.resolve(path)
-    if fs is None:
-        fs, root = pafs.LocalFileSystem(), os.path.abspath(root)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input {path}: no such file or directory")
-    if info.type == pafs.FileType.Directory:
-        found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        files = sorted(f.path for f in found if f.is_file and f.path.endswith(".parquet"))
-    else:
-        files = [root]
+    fs, files = storage.parquet_files(path)
     for name in files:
         with fs.open_input_file(name) as f:
             batch = next(pq.ParquetFile(f).iter_batches(batch_size=1), None)

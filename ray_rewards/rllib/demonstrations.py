@@ -115,16 +115,7 @@ class Demonstrations:
 
     @classmethod
     def _from_parquet(cls, path: str, net: RewardNet) -> Demonstrations:
-        fs, root = storage.resolve(storage.absolute(path))
-        fs = fs or pafs.LocalFileSystem()
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"demonstrations {path}: no such file or directory")
-        if info.type == pafs.FileType.Directory:
-            found = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            files = sorted(f.path for f in found if f.is_file and f.path.endswith(".parquet"))
-        else:
-            files = [root]
+        fs, files = storage.parquet_files(path, "demonstrations")
         num_rows = 0
         for name in files:
             with fs.open_input_file(name) as f:
