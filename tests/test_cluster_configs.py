@@ -400,11 +400,29 @@ def test_job_config_file_is_valid(path):
     name = os.path.basename(path)[: -len(".yaml")]
     cfg = jobs.load_config(path, name)
     assert cfg.job == name and cfg.storage_path
-    if name == "rllib":
+    if name in ("rllib", "adversarial"):
         algo = jobs.algorithm_config(cfg.settings)
         custom = algo.custom_resources_per_env_runner
         # Env runners are pinned to CPU workers by the resource those nodes offer.
         assert custom == {CPU_WORKER: 1}
+
+
+@pytest.mark.parametrize("folder", ["jobs", os.path.join("local", "jobs")])
+def test_record_and_adversarial_read_what_the_jobs_before_them_write(folder):
+    """rllib -> record (its checkpoint) -> adversarial (the recorded demonstrations, on
+    the env the policy was trained on), in the cloud configs and the local ones.
+    """
+
+    def load(name: str) -> jobs.JobConfig:
+        return jobs.load_config(os.path.join(CLUSTER, folder, f"{name}.yaml"), name)
+
+    rllib, record, adversarial = load("rllib"), load("record"), load("adversarial")
+    assert record.settings.checkpoint == jobs.storage_join(rllib.storage_path, "checkpoint")
+    assert adversarial.settings.demonstrations == jobs.storage_join(
+        record.storage_path, "demonstrations"
+    )
+    assert adversarial.settings.config["env"] == rllib.settings.config["env"]
+    assert rllib.settings.checkpoint
 
 
 def test_cpu_worker_resource_is_what_the_local_cluster_and_the_cloud_configs_offer():

@@ -19,6 +19,9 @@ from ray_rewards import jobs
 from ray_rewards.cli import main as cli
 from ray_rewards.train import TrainConfig
 
+# A valid adversarial section (no file is read when a config is parsed).
+ADV = {"demonstrations": "demos", "iterations": 1, "config": {"env": "CartPole-v1"}}
+
 
 def _write(tmp_path, data, name="job.yaml") -> str:
     path = tmp_path / name
@@ -135,6 +138,66 @@ def test_values_are_converted_and_type_checked(tmp_path):
             ValueError,
             r"rllib\.iterations: expected >= 1",
         ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "net": "MLPRewardNet"}},
+            ValueError,
+            r"adversarial\.net: expected one of \['BasicRewardNet'",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "algo": "airl"}},
+            ValueError,
+            r"adversarial\.net: AIRL needs a shaped reward net .*'BasicRewardNet'",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "algo": "bc"}},
+            ValueError,
+            r"adversarial\.algo: expected one of \['gail', 'airl'\]",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "net_kwargs": {"hid_size": [8]}}},
+            ValueError,
+            r"adversarial\.net_kwargs: \['hid_size'\] are not arguments of BasicRewardNet",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "config": {"lr": 0.1}}},
+            ValueError,
+            r"adversarial\.config\.env: required",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "iterations": None}},
+            ValueError,
+            "adversarial: give iterations, env_steps or both",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {**ADV, "adversarial_options": {"algo": "x"}}},
+            ValueError,
+            r"adversarial\.adversarial_options\.algo: set it as adversarial\.algo",
+        ),
+        (
+            "adversarial",
+            {"storage_path": "/r", "adversarial": {"iterations": 1}},
+            ValueError,
+            r"missing required keys \['demonstrations'\]",
+        ),
+        (
+            "record",
+            {"storage_path": "/r", "record": {"checkpoint": "c", "episodes": 0}},
+            ValueError,
+            r"record\.episodes: expected >= 1",
+        ),
+        (
+            "record",
+            {"storage_path": "/r", "record": {"checkpoint": "c", "explore": "no"}},
+            TypeError,
+            r"record\.explore: expected bool",
+        ),
         ("fly", {"storage_path": "/r"}, ValueError, "unknown job 'fly'"),
     ],
 )
@@ -150,6 +213,207 @@ def test_bad_rllib_settings_name_the_key():
         )
     with pytest.raises(ValueError, match="rllib.algorithm"):
         jobs.algorithm_config(jobs.RLlibJobConfig(reward="n.pt", iterations=1, algorithm="PPX"))
+
+
+def test_adversarial_job_shares_the_rllib_settings_rules():
+    settings = jobs.AdversarialJobConfig(
+        demonstrations="d", iterations=1, config={"env": "CartPole-v1", "num_env_runnerz": 2}
+    )
+    with pytest.raises(ValueError, match=r"adversarial\.config\.num_env_runnerz"):
+        jobs.algorithm_config(settings)
+    settings = jobs.AdversarialJobConfig(
+        demonstrations="d", env_steps=1, algorithm="PPX", config={"env": "CartPole-v1"}
+    )
+    with pytest.raises(ValueError, match=r"adversarial\.algorithm"):
+        jobs.algorithm_config(settings)
+    with pytest.raises(ValueError, match=r"adversarial\.env_steps: expected >= 1"):
+        jobs.AdversarialJobConfig(demonstrations="d", env_steps=0, config={"env": "E"})
+    # AIRL with a shaped net; a saved net needs no env id to build from.
+    airl = jobs.parse_config(
+        {
+            "storage_path": "/r",
+            "adversarial": {**ADV, "algo": "airl", "net": "BasicShapedRewardNet"},
+        },
+        "adversarial",
+    )
+    assert airl.settings.algo == "airl"
+    saved = jobs.parse_config(
+        {"storage_path": "/r", "adversarial": {**ADV, "config": {}, "init_net": "n.pt"}},
+        "adversarial",
+        base_dir="/base",
+    )
+    assert saved.settings.init_net == "/base/n.pt"
+    assert saved.settings.demonstrations == "/base/demos"
+
+
+def _cartpole_demos(path) -> str:
+    """A few CartPole transitions as Parquet in RLlib's columns (no Ray needed)."""
+    import gymnasium as gym
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ray_rewards.train import schemas
+
+    env = gym.make("CartPole-v1")
+    rng = np.random.default_rng(0)
+    n = 64
+    columns = {
+        "obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "actions": rng.integers(0, 2, size=n),
+        "new_obs": rng.normal(size=(n, 4)).astype(np.float32),
+        "terminateds": rng.random(n) < 0.1,
+    }
+    table = schemas.to_table(
+        columns, schemas.transitions_schema(env.observation_space, env.action_space)
+    )
+    os.makedirs(path)
+    pq.write_table(table, os.path.join(path, "part-0.parquet"))
+    return str(path)
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("the job built an algorithm despite bad settings")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"demonstrations": "missing"}, r"adversarial\.demonstrations: .*missing does not exist"),
+        ({"init_net": "no_net.pt"}, r"adversarial\.init_net: .*no_net\.pt does not exist"),
+        (
+            {"adversarial_options": {"disc_batch": 64}},
+            r"adversarial\.adversarial_options: \['disc_batch'\] are not options",
+        ),
+        ({"net": "CNNRewardNet"}, r"adversarial\.net: CNNRewardNet for CartPole-v1"),
+        ({"config": {"env": "NoSuchEnv-v0"}}, r"adversarial\.config\.env: 'NoSuchEnv-v0'"),
+        (
+            {"config": {"env": "CartPole-v1", "num_env_runnerz": 1}},
+            r"adversarial\.config\.num_env_runnerz",
+        ),
+        (
+            {"adversarial_options": {"disc_lr": -1.0}},
+            r"adversarial: with_adversarial_reward: disc_lr must be a number > 0",
+        ),
+        ({"config": {"env": "Pendulum-v1"}}, r"adversarial: .*'actions'.* shape"),
+    ],
+)
+def test_adversarial_job_refuses_what_cannot_run_before_training(
+    tmp_path, monkeypatch, change, match
+):
+    """Inputs are checked when the job starts (an earlier job writes them), each error
+    naming its key, before any algorithm is built.
+    """
+    monkeypatch.setattr(jobs.rllib_runners, "train_algorithm", _no_training)
+    _cartpole_demos(tmp_path / "demos")
+    cfg = jobs.parse_config(
+        {"storage_path": "out", "adversarial": {**ADV, **change}},
+        "adversarial",
+        base_dir=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match=match):
+        jobs.run_adversarial(cfg)
+
+
+def test_airl_refuses_a_saved_net_without_shaping(tmp_path, monkeypatch):
+    import gymnasium as gym
+
+    from ray_rewards import reward_nets, serialize
+
+    monkeypatch.setattr(jobs.rllib_runners, "train_algorithm", _no_training)
+    env = gym.make("CartPole-v1")
+    plain = reward_nets.BasicRewardNet(env.observation_space, env.action_space, hid_sizes=(4,))
+    serialize.save(plain, str(tmp_path / "plain.pt"))
+    _cartpole_demos(tmp_path / "demos")
+    cfg = jobs.parse_config(
+        {"storage_path": "out", "adversarial": {**ADV, "algo": "airl", "init_net": "plain.pt"}},
+        "adversarial",
+        base_dir=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match=r"adversarial: .*AIRL needs a shaped reward net"):
+        jobs.run_adversarial(cfg)
+
+
+def test_record_job_refuses_a_missing_checkpoint(tmp_path):
+    cfg = jobs.parse_config(
+        {"storage_path": "out", "record": {"checkpoint": "no_ckpt"}},
+        "record",
+        base_dir=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match=r"record\.checkpoint: .*no_ckpt does not exist"):
+        jobs.run_record(cfg)
+
+
+def test_record_then_adversarial_jobs(tmp_path, ray_session):
+    """The record job writes a checkpoint's episodes (to a URI storage: recorded locally,
+    then uploaded), the adversarial job trains GAIL on them and saves the checkpoint
+    with the policy's reward net.
+    """
+    import pyarrow.parquet as pq
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from ray_rewards import serialize
+    from ray_rewards.reward_nets import RewardNetFromDiscriminatorLogit
+
+    model = {"fcnet_hiddens": [8]}
+    algo = (
+        PPOConfig()
+        .environment("CartPole-v1")
+        .env_runners(num_env_runners=0)
+        .rl_module(model_config=model)
+        .debugging(seed=0)
+        .build_algo()
+    )
+    algo.save_to_path(str(tmp_path / "ckpt"))
+    algo.stop()
+    record = _write(
+        tmp_path,
+        {
+            "storage_path": f"file://{tmp_path}/rec",
+            "record": {"checkpoint": "ckpt", "episodes": 3},
+        },
+        name="record.yaml",
+    )
+    recorded = jobs.run_job(jobs.load_config(record, "record"))
+    demos = f"file://{tmp_path}/rec/demonstrations"
+    assert recorded["files"] == {"demonstrations": demos}
+    assert recorded["episodes"] == 3
+    rows = pq.read_table(str(tmp_path / "rec" / "demonstrations")).num_rows
+    assert recorded["transitions"] == rows > 0
+
+    adversarial = _write(
+        tmp_path,
+        {
+            "storage_path": "adv",
+            "adversarial": {
+                "demonstrations": "rec/demonstrations",
+                "net_kwargs": {"hid_sizes": [8]},
+                "iterations": 2,
+                "config": {
+                    "env": "CartPole-v1",
+                    "num_env_runners": 0,
+                    "train_batch_size_per_learner": 200,
+                    "minibatch_size": 100,
+                    "num_epochs": 1,
+                    "seed": 0,
+                    "model_config": model,
+                },
+                "adversarial_options": {"n_disc_updates": 1, "disc_batch_size": 32},
+            },
+        },
+        name="adversarial.yaml",
+    )
+    results = jobs.run_job(jobs.load_config(adversarial, "adversarial"))
+    assert json.loads((tmp_path / "adv" / jobs.RESULTS_FILE).read_text())["job"] == "adversarial"
+    history = results["history"]
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert [h["env_steps"] for h in history] == [200, 400]
+    for entry in history:
+        assert 0.0 <= entry["disc_accuracy"] <= 1.0
+        assert entry["disc_loss"] > 0 and entry["learned_reward_mean"] is not None
+    files = results["files"]
+    assert files["checkpoint"] == str(tmp_path / "adv" / "checkpoint")
+    net = serialize.load(files["reward_net"], device="cpu")
+    assert isinstance(net, RewardNetFromDiscriminatorLogit)
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):

@@ -209,20 +209,20 @@ def test_relabel_job_on_a_two_node_cluster(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2100)
 def test_every_job_on_a_two_node_cluster(tmp_path):
     """run_jobs.sh: the pipeline, then reward training, RLlib and relabeling on its
-    outputs, each submitted with ``ray job submit``; work lands on both nodes and the
-    saved nets load.
+    outputs, demonstrations recorded from the RLlib checkpoint and GAIL on them, each
+    submitted with ``ray job submit``; work lands on both nodes and the saved nets load.
     """
     cluster_dir = str(tmp_path / "cluster")
-    run = _run([os.path.join(LOCAL, "run_jobs.sh"), cluster_dir], timeout=1500)
+    run = _run([os.path.join(LOCAL, "run_jobs.sh"), cluster_dir], timeout=1800)
     assert run.returncode == 0, run.stdout[-8000:]
     assert _cluster_processes(cluster_dir) == []
     assert "no process of it is left" in run.stdout
     results = {
         job: json.loads(open(os.path.join(cluster_dir, "results", job, "results.json")).read())
-        for job in ("pipeline", "train", "rllib", "relabel")
+        for job in ("pipeline", "train", "rllib", "relabel", "record", "adversarial")
     }
     venv = make_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(0))
     obs, _ = venv.reset(seed=0)
@@ -268,3 +268,23 @@ def test_every_job_on_a_two_node_cluster(tmp_path):
     assert relabel["rows"] == eval_rows > 0
     relabeled = pq.read_table(relabel["files"]["relabeled"])
     assert {"learned_rewards", "rewards", "obs"} <= set(relabeled.column_names)
+
+    # Record: the rllib job's policy, restored on the cluster, as Parquet transitions.
+    record = results["record"]
+    assert record["episodes"] == 4
+    demos = pq.read_table(record["files"]["demonstrations"])
+    assert demos.num_rows == record["transitions"] > 0
+    assert {"obs", "actions", "new_obs", "terminateds"} <= set(demos.column_names)
+
+    # Adversarial: GAIL on those demonstrations; env runners on the worker node, the
+    # learner (and the discriminator) in the driver on the head.
+    adversarial = results["adversarial"]
+    head, worker = _nodes(adversarial)
+    assert adversarial["env_runner_nodes"] == [worker, worker]
+    assert adversarial["placement"]["driver_node"] == head
+    assert len(adversarial["history"]) == 2
+    for entry in adversarial["history"]:
+        assert 0.0 <= entry["disc_accuracy"] <= 1.0
+        assert np.isfinite(entry["disc_loss"]) and np.isfinite(entry["learned_reward_mean"])
+    gail = serialize.load_reward("RewardNet_unnormalized", adversarial["files"]["reward_net"], venv)
+    assert np.isfinite(gail(obs, acts, next_obs, np.zeros(2, bool))).all()

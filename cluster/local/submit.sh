@@ -4,9 +4,9 @@
 #
 #   cluster/local/submit.sh CLUSTER_DIR JOB CONFIG [JOB OPTIONS...]
 #
-# JOB is pipeline, train, rllib or relabel; CONFIG its YAML file; JOB OPTIONS go to
-# `python -m ray_rewards.jobs` (e.g. --storage-path DIR). The job's output streams
-# here and is kept in CLUSTER_DIR/jobs/<submission id>.log.
+# JOB is pipeline, train, rllib, relabel, record or adversarial; CONFIG its YAML
+# file; JOB OPTIONS go to `python -m ray_rewards.jobs` (e.g. --storage-path DIR). The
+# job's output streams here and is kept in CLUSTER_DIR/jobs/<submission id>.log.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 if [[ $# -lt 3 ]]; then

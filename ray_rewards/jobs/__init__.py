@@ -16,13 +16,18 @@ library's own function run on the cluster:
   (:func:`ray_rewards.rllib.with_learned_reward`).
 - ``relabel``: a learned-reward column added to Parquet transitions
   (:func:`ray_rewards.data.relabel_dataset`).
+- ``record``: demonstrations, a checkpoint's policy recorded as Parquet transitions
+  (:func:`ray_rewards.rllib.record_demonstrations`).
+- ``adversarial``: GAIL/AIRL inside any RLlib algorithm, on such demonstrations
+  (:func:`ray_rewards.rllib.with_adversarial_reward`).
 
 Config file (YAML or JSON): a mapping with ``storage_path`` (a local path or a URI
 that ``pyarrow.fs`` understands: ``s3://``, ``gs://``, ``abfs://``, ``hdfs://``) and
 one section named after the job, whose keys are the fields of that job's settings
 (``PipelineConfig``, ``TrainConfig``, :class:`RLlibJobConfig`,
-:class:`RelabelJobConfig`). Unknown keys, missing keys, wrong types and a section
-for another job are errors that name the key, what was expected and what came.
+:class:`RelabelJobConfig`, :class:`RecordJobConfig`, :class:`AdversarialJobConfig`).
+Unknown keys, missing keys, wrong types and a section for another job are errors
+that name the key, what was expected and what came.
 Relative local paths are resolved against the config file's directory (not the
 job's working directory, which Ray picks).
 
@@ -30,8 +35,9 @@ Results: ``<storage_path>/results.json`` (the job, its settings, metrics, output
 files, timings and *placement*: which cluster nodes ran the driver and every task
 and actor of the job, from Ray's state API) is written last, atomically, so its
 presence means the job finished. Next to it: ``reward_net.pt`` (pipeline, train;
-relabel with ``update_stats``), ``checkpoint/`` (rllib: RLlib's checkpoint with
-``reward_net.pt`` inside), ``relabeled/`` (relabel: Parquet).
+relabel with ``update_stats``), ``checkpoint/`` (rllib, adversarial: RLlib's
+checkpoint with ``reward_net.pt`` inside), ``relabeled/`` (relabel: Parquet),
+``demonstrations/`` (record: Parquet).
 
 Multi-node note: Ray Train checkpoints, the pipeline's Parquet data and reward
 file are read by tasks on other nodes, so those must live where every node sees
@@ -40,30 +46,40 @@ pipeline writes local files, so with a URI ``storage_path`` it needs ``work_dir`
 on a shared filesystem and uploads the results when done.
 
 Modules: ``specs`` (the jobs' settings and the table of their rules), ``runners``
-(running a job, ``results.json``), ``placement`` (where its work ran). Config files
+(running a job, ``results.json``), ``rllib_runners`` (the RLlib jobs and their
+shared training loop), ``outputs`` (paths under ``storage_path``, progress lines),
+``placement`` (where its work ran). Config files
 are read by :mod:`ray_rewards.config_file`, the loader every settings file goes
 through (``ray-rewards train`` too).
 """
 
 from ray_rewards.config_file import build_settings
+from ray_rewards.jobs.outputs import storage_join
 from ray_rewards.jobs.placement import work_placement
+from ray_rewards.jobs.rllib_runners import (
+    algorithm_config,
+    run_adversarial,
+    run_record,
+    run_rllib,
+    train_algorithm,
+)
 from ray_rewards.jobs.runners import (
     RESULTS_FILE,
     RUNNERS,
-    algorithm_config,
     run_job,
     run_pipeline,
     run_relabel,
-    run_rllib,
     run_train,
-    storage_join,
 )
 from ray_rewards.jobs.specs import (
     JOBS,
+    AdversarialJobConfig,
     JobConfig,
     JobSpec,
+    RecordJobConfig,
     RelabelJobConfig,
     RLlibJobConfig,
+    RLlibTraining,
     load_config,
     parse_config,
 )
@@ -74,19 +90,25 @@ __all__ = [
     "NET_FILE",
     "RESULTS_FILE",
     "RUNNERS",
+    "AdversarialJobConfig",
     "JobConfig",
     "JobSpec",
     "RLlibJobConfig",
+    "RLlibTraining",
+    "RecordJobConfig",
     "RelabelJobConfig",
     "algorithm_config",
     "build_settings",
     "load_config",
     "parse_config",
+    "run_adversarial",
     "run_job",
     "run_pipeline",
+    "run_record",
     "run_relabel",
     "run_rllib",
     "run_train",
     "storage_join",
+    "train_algorithm",
     "work_placement",
 ]

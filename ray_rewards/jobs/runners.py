@@ -1,5 +1,6 @@
 """Running the jobs: each runner is the library's own function on the connected cluster,
-and :func:`run_job` writes ``results.json`` when one finishes.
+and :func:`run_job` writes ``results.json`` when one finishes. The RLlib jobs' runners
+(rllib, adversarial, record) are in :mod:`ray_rewards.jobs.rllib_runners`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ray_rewards import serialize, storage
+from ray_rewards.jobs.outputs import exists, log, storage_join, upload_dir
 from ray_rewards.jobs.placement import work_placement
-from ray_rewards.jobs.specs import JobConfig, RelabelJobConfig, RLlibJobConfig
+from ray_rewards.jobs.rllib_runners import run_adversarial, run_record, run_rllib
+from ray_rewards.jobs.specs import JobConfig, RelabelJobConfig
 
 RESULTS_FILE = "results.json"
-
-
-def storage_join(storage_path: str, *names: str) -> str:
-    """``names`` under a storage path (a URI keeps its scheme and ``/`` separators)."""
-    if storage.is_uri(storage_path):
-        return "/".join([storage_path.rstrip("/"), *names])
-    return os.path.join(storage_path, *names)
 
 
 def run_pipeline(cfg: JobConfig) -> dict[str, Any]:
@@ -33,7 +29,7 @@ def run_pipeline(cfg: JobConfig) -> dict[str, Any]:
     settings = dataclasses.replace(cfg.settings, output_dir=out_dir)
     summary = pipeline.run(settings)
     if os.path.normpath(out_dir) != os.path.normpath(cfg.storage_path):
-        _upload_dir(out_dir, cfg.storage_path)
+        upload_dir(out_dir, cfg.storage_path)
     files = {
         name: storage_join(cfg.storage_path, os.path.relpath(path, out_dir))
         for name, path in summary["files"].items()
@@ -56,81 +52,6 @@ def run_train(cfg: JobConfig) -> dict[str, Any]:
         "history": result.history,
         "files": {"reward_net": result.net_path, "checkpoint": result.checkpoint_path},
     }
-
-
-def algorithm_config(settings: RLlibJobConfig) -> Any:
-    """The job's RLlib ``AlgorithmConfig`` (before the learned reward is wired in).
-
-    Raises ValueError naming the key for an unknown algorithm or setting.
-    """
-    from ray_rewards.rllib import _compat
-
-    try:
-        config = _compat.algorithm_class(settings.algorithm).get_default_config()
-    except ValueError as err:
-        raise ValueError(f"rllib.algorithm: {err}") from None
-    options = dict(settings.config)
-    model_config = options.pop("model_config", None)
-    for key in options:
-        if not hasattr(config, _compat.config_attribute(config, key)):
-            raise ValueError(
-                f"rllib.config.{key}: {type(config).__name__} has no such setting "
-                "(keys are AlgorithmConfig attribute names, e.g. num_env_runners, lr)"
-            )
-    try:
-        config.update_from_dict(options)
-        if model_config is not None:
-            config.rl_module(model_config=model_config)
-    except (AttributeError, TypeError, ValueError) as err:
-        raise ValueError(f"rllib.config: {err}") from None
-    return config
-
-
-def run_rllib(cfg: JobConfig) -> dict[str, Any]:
-    """Train until ``iterations``/``env_steps``; metrics per iteration, checkpoint at the end.
-
-    ``episode_return_mean`` is the env's own reward (what the env runners saw);
-    ``learned_reward_mean`` is the net's reward on the transitions learned from.
-    """
-    import ray
-
-    from ray_rewards.rllib import with_learned_reward
-
-    settings: RLlibJobConfig = cfg.settings
-    config = with_learned_reward(
-        algorithm_config(settings), settings.reward, **settings.reward_options
-    )
-    algo = config.build_algo()
-    history: list[dict[str, Any]] = []
-    files: dict[str, str] = {}
-    try:
-        runner_nodes = algo.env_runner_group.foreach_env_runner(
-            lambda _: ray.get_runtime_context().get_node_id(), local_env_runner=False
-        )
-        steps = 0
-        while (settings.iterations is None or len(history) < settings.iterations) and (
-            settings.env_steps is None or steps < settings.env_steps
-        ):
-            result = algo.train()
-            runners = result.get("env_runners", {})
-            steps = int(runners.get("num_env_steps_sampled_lifetime", 0))
-            history.append(
-                {
-                    "iteration": len(history) + 1,
-                    "env_steps": steps,
-                    "episode_return_mean": _float(runners.get("episode_return_mean")),
-                    "learned_reward_mean": _float(result.get("learned_reward", {}).get("mean")),
-                }
-            )
-            _log(f"rllib: iteration {len(history)}: {history[-1]}")
-        if settings.checkpoint:
-            # save_to_path returns the path inside the filesystem (no URI scheme): keep ours.
-            path = storage_join(cfg.storage_path, "checkpoint")
-            algo.save_to_path(path)
-            files = {"checkpoint": path, "reward_net": storage_join(path, storage.NET_FILE)}
-    finally:
-        algo.stop()
-    return {"history": history, "env_runner_nodes": runner_nodes, "files": files}
 
 
 def run_relabel(cfg: JobConfig) -> dict[str, Any]:
@@ -175,6 +96,8 @@ RUNNERS: dict[str, Callable[[JobConfig], dict[str, Any]]] = {
     "train": run_train,
     "rllib": run_rllib,
     "relabel": run_relabel,
+    "record": run_record,
+    "adversarial": run_adversarial,
 }
 
 
@@ -183,7 +106,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     import ray
 
     path = storage_join(cfg.storage_path, RESULTS_FILE)
-    if _exists(path):
+    if exists(path):
         raise FileExistsError(
             f"{path} exists: {cfg.storage_path} holds a finished job's results; choose a "
             "new storage_path (or pass --storage-path) rather than mixing two runs"
@@ -193,7 +116,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         # lookup applies (a local cluster, or a new local instance).
         ray.init()
     start = time.perf_counter()
-    _log(f"{cfg.job} job on {len(ray.nodes())} node(s); results -> {cfg.storage_path}")
+    log(f"{cfg.job} job on {len(ray.nodes())} node(s); results -> {cfg.storage_path}")
     out = RUNNERS[cfg.job](cfg)
     results = {
         "job": cfg.job,
@@ -205,28 +128,8 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
         "placement": work_placement(),
     }
     storage.write_bytes(path, json.dumps(results, indent=2).encode())
-    _log(f"{cfg.job} job done in {results['seconds']:.0f}s; results: {path}")
+    log(f"{cfg.job} job done in {results['seconds']:.0f}s; results: {path}")
     return results
-
-
-def _exists(path: str) -> bool:
-    import pyarrow.fs as pafs
-
-    fs, fs_path = storage.resolve(path)
-    if fs is None:
-        return os.path.exists(fs_path)
-    return fs.get_file_info(fs_path).type != pafs.FileType.NotFound
-
-
-def _upload_dir(local_dir: str, uri: str) -> None:
-    import pyarrow.fs as pafs
-
-    _log(f"uploading {local_dir} -> {uri}")
-    pafs.copy_files(local_dir, uri)
-
-
-def _float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _jsonable(value: Any) -> Any:
@@ -242,7 +145,3 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     return repr(value)
-
-
-def _log(msg: str) -> None:
-    print(f"[ray_rewards.jobs {time.strftime('%H:%M:%S')}] {msg}", flush=True)

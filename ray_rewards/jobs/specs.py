@@ -11,47 +11,169 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ray_rewards import config_file as config
 from ray_rewards import storage
 
 
-@dataclass
-class RLlibJobConfig:
-    """An RLlib algorithm trained on a saved reward net.
+@dataclass(kw_only=True)
+class RLlibTraining:
+    """What the jobs that train an RLlib algorithm share (``rllib``, ``adversarial``).
 
     Attributes:
-        reward: path or URI of a net saved by ``ray_rewards.serialize.save``.
         algorithm: a registered RLlib algorithm name (``PPO``, ``APPO``, ``SAC``...).
         config: ``AlgorithmConfig`` settings by their attribute names, as
             ``AlgorithmConfig.update_from_dict`` takes them (``env``,
             ``num_env_runners``, ``custom_resources_per_env_runner``,
             ``num_learners``, ``num_gpus_per_learner``, ``lr``...); ``model_config``
             goes to ``rl_module(model_config=...)``.
-        reward_options: keyword arguments of ``with_learned_reward`` (``mode``,
-            ``coef``, ``update_stats``, ``env_actions``, ``predict_kwargs``).
         iterations, env_steps: stop after this many ``train()`` calls or sampled env
             steps, whichever comes first (at least one is required).
         checkpoint: save the final algorithm (with the net) to
             ``<storage_path>/checkpoint``.
     """
 
-    reward: str = field(metadata=config.PATH_FIELD)
+    section: ClassVar[str] = "rllib"
+    """The job's section in the config file: error messages name keys under it."""
+
     algorithm: str = "PPO"
     config: dict[str, Any] = field(default_factory=dict)
-    reward_options: dict[str, Any] = field(default_factory=dict)
     iterations: int | None = None
     env_steps: int | None = None
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
         if self.iterations is None and self.env_steps is None:
-            raise ValueError("rllib: give iterations, env_steps or both (when to stop)")
+            raise ValueError(f"{self.section}: give iterations, env_steps or both (when to stop)")
         for name in ("iterations", "env_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"rllib.{name}: expected >= 1, got {value}")
+                raise ValueError(f"{self.section}.{name}: expected >= 1, got {value}")
+
+
+@dataclass(kw_only=True)
+class RLlibJobConfig(RLlibTraining):
+    """An RLlib algorithm trained on a saved reward net (and the fields of
+    :class:`RLlibTraining`).
+
+    Attributes:
+        reward: path or URI of a net saved by ``ray_rewards.serialize.save``.
+        reward_options: keyword arguments of ``with_learned_reward`` (``mode``,
+            ``coef``, ``update_stats``, ``env_actions``, ``predict_kwargs``).
+    """
+
+    section: ClassVar[str] = "rllib"
+
+    reward: str = field(metadata=config.PATH_FIELD)
+    reward_options: dict[str, Any] = field(default_factory=dict)
+
+
+ADVERSARIAL_ALGOS = ("gail", "airl")
+
+
+@dataclass(kw_only=True)
+class AdversarialJobConfig(RLlibTraining):
+    """GAIL or AIRL inside an RLlib algorithm (``with_adversarial_reward``), and the
+    fields of :class:`RLlibTraining`.
+
+    Attributes:
+        demonstrations: Parquet file or folder (local path or URI) of expert transitions
+            in RLlib's columns (``obs``, ``actions``, ``new_obs``, ``terminateds``),
+            e.g. the record job's output. Every learner reads it: on several nodes, a
+            URI or a shared filesystem.
+        algo: ``"gail"`` or ``"airl"``.
+        net: the discriminator's class in ``ray_rewards.reward_nets``, built for the
+            spaces of ``config.env``: ``BasicRewardNet`` (the default, for GAIL),
+            ``CNNRewardNet``; AIRL needs a shaped net: ``BasicShapedRewardNet``.
+        net_kwargs: its keyword arguments, as ``train.net_kwargs`` takes them
+            (``hid_sizes``, ``activation: SiLU``, ``normalize_input_layer: RunningNorm``...).
+        init_net: start from this saved net (path or URI) instead of building one.
+        adversarial_options: the other keyword arguments of ``with_adversarial_reward``
+            (``n_disc_updates``, ``disc_batch_size``, ``disc_lr``, ``replay_batches``,
+            ``seed``...); unknown ones are refused when the job starts.
+
+    The net's settings are checked as reward training checks them (``TrainConfig``);
+    the paths, when the job starts (an earlier job may write them).
+    """
+
+    section: ClassVar[str] = "adversarial"
+
+    demonstrations: str = field(metadata=config.PATH_FIELD)
+    algo: str = "gail"
+    net: str = "BasicRewardNet"
+    net_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_net: str | None = field(default=None, metadata=config.PATH_FIELD)
+    adversarial_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.algo not in ADVERSARIAL_ALGOS:
+            raise ValueError(
+                f"adversarial.algo: expected one of {list(ADVERSARIAL_ALGOS)}, got {self.algo!r}"
+            )
+        if "algo" in self.adversarial_options:
+            raise ValueError("adversarial.adversarial_options.algo: set it as adversarial.algo")
+        if self.init_net is not None:
+            return  # the saved net is checked when the job loads it
+        if not isinstance(self.config.get("env"), str):
+            raise ValueError(
+                "adversarial.config.env: required, a gymnasium id (the net is built for its "
+                f"spaces) unless init_net is given; got {self.config.get('env')!r}"
+            )
+        self.net_config()
+        from ray_rewards import reward_nets
+
+        if self.algo == "airl" and not issubclass(
+            getattr(reward_nets, self.net), reward_nets.ShapedRewardNet
+        ):
+            raise ValueError(
+                f"adversarial.net: AIRL needs a shaped reward net (reward plus potential "
+                f"shaping) such as 'BasicShapedRewardNet', got {self.net!r}"
+            )
+
+    def net_config(self) -> Any:
+        """The discriminator as reward training describes a net: a ``TrainConfig`` for
+        ``ray_rewards.train.build_net`` (its checks name keys under ``adversarial.``).
+        """
+        from ray_rewards.train import TrainConfig
+
+        seed = self.adversarial_options.get("seed", self.config.get("seed"))
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            seed = 0  # a bad seed is with_adversarial_reward's (or RLlib's) to report
+        try:
+            return TrainConfig(
+                train_data=self.demonstrations,
+                loss=self.algo,
+                env=self.config.get("env"),
+                net=self.net,
+                net_kwargs=self.net_kwargs,
+                init_net=self.init_net,
+                seed=seed,
+            )
+        except ValueError as err:
+            lines = str(err).splitlines()
+            raise ValueError("\n".join(f"adversarial.{line}" for line in lines)) from None
+
+
+@dataclass
+class RecordJobConfig:
+    """Demonstrations recorded from an RLlib checkpoint (``record_demonstrations``).
+
+    Attributes:
+        checkpoint: path or URI of the checkpoint (e.g. the rllib job's); it is
+            restored as it was configured, env runners and learners included.
+        episodes: complete episodes to record.
+        explore: sample the policy's actions instead of taking the greedy ones.
+    """
+
+    checkpoint: str = field(metadata=config.PATH_FIELD)
+    episodes: int = 100
+    explore: bool = False
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"record.episodes: expected >= 1, got {self.episodes}")
 
 
 @dataclass
@@ -159,6 +281,8 @@ JOBS: dict[str, JobSpec] = {
     "train": JobSpec(_train_config, owned=("output", "storage_path"), check=_check_train),
     "rllib": JobSpec(lambda: RLlibJobConfig),
     "relabel": JobSpec(lambda: RelabelJobConfig),
+    "record": JobSpec(lambda: RecordJobConfig),
+    "adversarial": JobSpec(lambda: AdversarialJobConfig),
 }
 
 

@@ -1,0 +1,229 @@
+"""The jobs that run RLlib algorithms: ``rllib`` (a saved reward net), ``adversarial``
+(GAIL/AIRL) and ``record`` (demonstrations from a checkpoint); the first two share
+:func:`algorithm_config` and the training loop :func:`train_algorithm`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ray_rewards import storage
+from ray_rewards.jobs.outputs import as_float, log, require_input, storage_join, upload_dir
+from ray_rewards.jobs.specs import (
+    AdversarialJobConfig,
+    JobConfig,
+    RecordJobConfig,
+    RLlibJobConfig,
+    RLlibTraining,
+)
+
+CHECKPOINT_DIR = "checkpoint"
+DEMONSTRATIONS_DIR = "demonstrations"
+
+
+def algorithm_config(settings: RLlibTraining) -> Any:
+    """The job's RLlib ``AlgorithmConfig`` (before the learned reward is wired in).
+
+    Raises ValueError naming the key (under the job's section) for an unknown
+    algorithm or setting.
+    """
+    from ray_rewards.rllib import _compat
+
+    section = settings.section
+    try:
+        config = _compat.algorithm_class(settings.algorithm).get_default_config()
+    except ValueError as err:
+        raise ValueError(f"{section}.algorithm: {err}") from None
+    options = dict(settings.config)
+    model_config = options.pop("model_config", None)
+    for key in options:
+        if not hasattr(config, _compat.config_attribute(config, key)):
+            raise ValueError(
+                f"{section}.config.{key}: {type(config).__name__} has no such setting "
+                "(keys are AlgorithmConfig attribute names, e.g. num_env_runners, lr)"
+            )
+    try:
+        config.update_from_dict(options)
+        if model_config is not None:
+            config.rl_module(model_config=model_config)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"{section}.config: {err}") from None
+    return config
+
+
+def train_algorithm(
+    config: Any,
+    settings: RLlibTraining,
+    storage_path: str,
+    metrics: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Build ``config``'s algorithm, train it until ``iterations``/``env_steps`` (a
+    progress line per iteration), save the checkpoint and stop it.
+
+    Each history entry holds ``iteration``, ``env_steps``, ``episode_return_mean`` (the
+    env's own reward, as the env runners saw it), ``learned_reward_mean`` (the net's
+    reward on the transitions learned from) and what ``metrics(result)`` adds.
+    Returns ``history``, ``env_runner_nodes`` and ``files`` (``checkpoint`` and the
+    ``reward_net`` inside it, with ``settings.checkpoint``).
+    """
+    import ray
+
+    algo = config.build_algo()
+    history: list[dict[str, Any]] = []
+    files: dict[str, str] = {}
+    try:
+        runner_nodes = algo.env_runner_group.foreach_env_runner(
+            lambda _: ray.get_runtime_context().get_node_id(), local_env_runner=False
+        )
+        steps = 0
+        while (settings.iterations is None or len(history) < settings.iterations) and (
+            settings.env_steps is None or steps < settings.env_steps
+        ):
+            result = algo.train()
+            runners = result.get("env_runners", {})
+            steps = int(runners.get("num_env_steps_sampled_lifetime", 0))
+            history.append(
+                {
+                    "iteration": len(history) + 1,
+                    "env_steps": steps,
+                    "episode_return_mean": as_float(runners.get("episode_return_mean")),
+                    "learned_reward_mean": as_float(result.get("learned_reward", {}).get("mean")),
+                    **(metrics(result) if metrics is not None else {}),
+                }
+            )
+            log(f"{settings.section}: iteration {len(history)}: {history[-1]}")
+        if settings.checkpoint:
+            # save_to_path returns the path inside the filesystem (no URI scheme): keep ours.
+            path = storage_join(storage_path, CHECKPOINT_DIR)
+            algo.save_to_path(path)
+            files = {"checkpoint": path, "reward_net": storage_join(path, storage.NET_FILE)}
+    finally:
+        algo.stop()
+    return {"history": history, "env_runner_nodes": runner_nodes, "files": files}
+
+
+def run_rllib(cfg: JobConfig) -> dict[str, Any]:
+    """Train on the saved reward net (:func:`train_algorithm`); checkpoint at the end."""
+    from ray_rewards.rllib import with_learned_reward
+
+    settings: RLlibJobConfig = cfg.settings
+    config = with_learned_reward(
+        algorithm_config(settings), settings.reward, **settings.reward_options
+    )
+    return train_algorithm(config, settings, cfg.storage_path)
+
+
+def run_adversarial(cfg: JobConfig) -> dict[str, Any]:
+    """GAIL/AIRL: the discriminator built for ``config.env``'s spaces (or ``init_net``)
+    trains on the learners against ``demonstrations`` while the policy learns
+    (:func:`train_algorithm`; history adds ``disc_accuracy`` and ``disc_loss``).
+
+    Settings that cannot run (unknown options, missing inputs, kwargs the net refuses,
+    a net that does not suit ``algo`` or the demonstrations) fail with ValueError
+    naming the key before the algorithm is built.
+    """
+    from ray_rewards.rllib import with_adversarial_reward
+
+    settings: AdversarialJobConfig = cfg.settings
+    known = {
+        name
+        for name, p in inspect.signature(with_adversarial_reward).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name != "algo"
+    }
+    unknown = sorted(set(settings.adversarial_options) - known)
+    if unknown:
+        raise ValueError(
+            f"adversarial.adversarial_options: {unknown} are not options of "
+            f"with_adversarial_reward; known: {sorted(known)}"
+        )
+    require_input(
+        "adversarial.demonstrations",
+        settings.demonstrations,
+        "Parquet transitions, e.g. the record job's demonstrations/",
+    )
+    net = _discriminator(settings)
+    base = algorithm_config(settings)
+    try:
+        config = with_adversarial_reward(
+            base,
+            net,
+            settings.demonstrations,
+            algo=settings.algo,
+            **settings.adversarial_options,
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"adversarial: {err}") from None
+
+    def disc_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+        learned = result.get("learned_reward", {})
+        return {
+            "disc_accuracy": as_float(learned.get("disc_accuracy")),
+            "disc_loss": as_float(learned.get("disc_loss")),
+        }
+
+    return train_algorithm(config, settings, cfg.storage_path, disc_metrics)
+
+
+def _discriminator(settings: AdversarialJobConfig) -> Any:
+    """``init_net`` loaded, or ``net(**net_kwargs)`` for the env's spaces (seeded)."""
+    from ray_rewards.train import build_net
+
+    net_config = settings.net_config()
+    if settings.init_net is not None:
+        require_input("adversarial.init_net", settings.init_net, "a saved reward net")
+        try:
+            return build_net(net_config, None, None)
+        except (OSError, TypeError, ValueError) as err:
+            raise ValueError(f"adversarial.init_net: {err}") from None
+    import gymnasium as gym
+
+    env_id = settings.config["env"]
+    try:
+        env = gym.make(env_id, **settings.config.get("env_config", None) or {})
+    except gym.error.Error as err:
+        raise ValueError(f"adversarial.config.env: {env_id!r}: {err}") from None
+    try:
+        return build_net(net_config, env.observation_space, env.action_space)
+    except TypeError as err:
+        raise ValueError(f"adversarial.net_kwargs: {settings.net} refused them: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"adversarial.net: {settings.net} for {env_id}: {err}") from None
+    finally:
+        env.close()
+
+
+def run_record(cfg: JobConfig) -> dict[str, Any]:
+    """``episodes`` of the checkpoint's policy as Parquet transitions in
+    ``<storage>/demonstrations`` (recorded on the driver; uploaded to a URI storage).
+    """
+    from ray_rewards.rllib import record_demonstrations
+
+    settings: RecordJobConfig = cfg.settings
+    require_input(
+        "record.checkpoint", settings.checkpoint, "an RLlib checkpoint, e.g. the rllib job's"
+    )
+    output = storage_join(cfg.storage_path, DEMONSTRATIONS_DIR)
+    options = {"num_episodes": settings.episodes, "explore": settings.explore}
+    if storage.is_uri(output):
+        # record_demonstrations writes a local folder: record there, then upload it.
+        with tempfile.TemporaryDirectory() as tmp:
+            result = record_demonstrations(
+                settings.checkpoint, os.path.join(tmp, DEMONSTRATIONS_DIR), **options
+            )
+            upload_dir(result.path, output)
+    else:
+        result = record_demonstrations(settings.checkpoint, output, **options)
+    log(
+        f"record: {result.num_episodes} episodes, {result.num_transitions} transitions, "
+        f"mean return {result.mean_return:.2f}"
+    )
+    return {
+        "episodes": result.num_episodes,
+        "transitions": result.num_transitions,
+        "mean_return": result.mean_return,
+        "files": {"demonstrations": output},
+    }
