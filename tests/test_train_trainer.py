@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from helpers import random_transitions
 from ray_rewards import networks, serialize
 from ray_rewards.cli import main as cli
 from ray_rewards.stats import Moments
-from ray_rewards.train import losses, oracle, schemas, trainer
+from ray_rewards.train import loop, losses, oracle, schemas, trainer
 
 ENV = "Pendulum-v1"  # only its spaces: obs Box(3,), action Box(1,)
 PAIRS, LENGTH, EPOCHS, BATCH = 96, 4, 3, 16
@@ -254,6 +256,45 @@ def test_rows_holding_nan_are_left_out_and_counted(data, tmp_path):
 
     strict = dataclasses.replace(cfg, on_non_finite="raise")
     with pytest.raises(ValueError, match=r"column 'obs_1' holds NaN or inf at rows 3 of 96"):
-        trainer._finite_rows(pairs, "train_data", strict)
+        loop._finite_rows(pairs, "train_data", strict)
     with pytest.raises(ValueError, match="on_non_finite: expected 'skip' or 'raise', got 'drop'"):
         dataclasses.replace(cfg, on_non_finite="drop")
+
+
+def test_a_small_job_trains_in_process_and_resumes_from_its_checkpoints(data, tmp_path):
+    cfg = dataclasses.replace(_config(data, tmp_path, name="small"), epochs=2)
+    assert trainer.in_process(cfg)
+    assert not trainer.in_process(dataclasses.replace(cfg, engine="ray"))
+    assert not trainer.in_process(dataclasses.replace(cfg, num_workers=2))
+    first = trainer.train(cfg)
+    assert [h["epoch"] for h in first.history] == [0, 1]
+    run = tmp_path / "ray_train" / "small"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("epoch_")) == [
+        "epoch_00000",
+        "epoch_00001",
+    ]
+    more = trainer.train(dataclasses.replace(cfg, epochs=4))
+    assert [h["start_epoch"] for h in more.history] == [0, 0, 2, 2]  # resumed at epoch 2
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("epoch_")) == [
+        "epoch_00002",
+        "epoch_00003",
+    ]
+    with pytest.raises(ValueError, match="engine: 'local' trains in this process"):
+        dataclasses.replace(cfg, engine="local", num_workers=2)
+
+
+def test_in_process_training_starts_no_ray(data, tmp_path):
+    script = f"""
+import ray
+from ray_rewards.train import trainer
+cfg = trainer.TrainConfig(train_data={data["train"]!r}, env={ENV!r}, epochs=1,
+                          output={str(tmp_path / "net.pt")!r}, storage_path={str(tmp_path)!r})
+result = trainer.train(cfg)
+assert not ray.is_initialized()
+print("trained", len(result.history))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "trained 1" in out.stdout and "[reward training] epoch 1/1" in out.stdout

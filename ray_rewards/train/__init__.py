@@ -1,6 +1,6 @@
-"""Reward training as Ray Train (``TorchTrainer``) jobs.
+"""Reward training: Ray Train (``TorchTrainer``) jobs, or the same loop in process.
 
-- ``schemas``: Arrow schemas of transitions and preference pairs; Parquet via Ray Data.
+- ``schemas``: Arrow schemas of transitions and preference pairs; Parquet in and out.
 - ``losses``: preference (Bradley–Terry), AIRL and GAIL discriminator, regression.
 - ``oracle``: fragments from RLlib episodes, labeled by a synthetic preference oracle.
 - ``trainer``: :class:`TrainConfig` -> ``TorchTrainer``; :func:`train` runs it.

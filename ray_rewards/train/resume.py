@@ -37,6 +37,7 @@ STEERING_FIELDS = frozenset(
         "use_gpu",
         "cpus_per_worker",
         "gpu_wait_s",
+        "engine",
     }
 )
 

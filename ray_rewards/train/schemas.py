@@ -171,21 +171,24 @@ def write_parquet(
     *,
     overwrite: bool = False,
 ) -> str:
-    """Write ``data`` (numpy columns or a table) as a local Parquet directory through Ray Data.
+    """Write ``data`` (numpy columns or a table) as a local Parquet directory (pyarrow, in
+    this process: no Ray needed).
 
     The files are written to a temporary directory beside ``path`` and renamed into
     place (:func:`ray_rewards.storage.publish_dir`), so readers never see a
     half-written data set. Returns the absolute path. Raises FileExistsError when
     ``path`` exists (other than as an empty folder) and not ``overwrite``.
     """
-    import ray.data
+    import pyarrow.parquet as pq
 
     table = data if isinstance(data, pa.Table) else to_table(data, schema)
     if not table.schema.equals(schema, check_metadata=False):
         raise ValueError(f"write_parquet: expected schema\n{schema}\ngot\n{table.schema}")
     path = os.path.abspath(os.fspath(path))
     with storage.publish_dir(path, overwrite=overwrite) as tmp:
-        ray.data.from_arrow(table.replace_schema_metadata(schema.metadata)).write_parquet(tmp)
+        pq.write_table(
+            table.replace_schema_metadata(schema.metadata), os.path.join(tmp, "part-00000.parquet")
+        )
     return path
 
 
@@ -209,6 +212,40 @@ def read_parquet(path: str | os.PathLike, columns: Sequence[str] = ()) -> Any:
             f"(has {sorted(ds.schema().names)})"
         )
     return ds
+
+
+def read_numpy(path: str | os.PathLike, columns: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Read a Parquet data set (local path or URI) into numpy columns ``(N, *shape)``
+    with pyarrow alone, in this process; ``columns`` must be there (the same checks
+    and errors as :func:`read_parquet`).
+    """
+    import pyarrow.parquet as pq
+
+    path = storage.absolute(path)
+    if not storage.is_uri(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"read_parquet: no data at {path}")
+    fs, files = storage.parquet_files(path, "read_parquet:")
+    tables = []
+    for name in files:
+        with fs.open_input_file(name) as f:
+            tables.append(pq.read_table(f))
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or not table.num_rows:
+        raise ValueError(f"read_parquet: {path}: the data set is empty")
+    missing = sorted(set(columns) - set(table.column_names))
+    if missing:
+        raise ValueError(
+            f"read_parquet: {path}: expected columns {sorted(columns)}, missing {missing} "
+            f"(has {sorted(table.column_names)})"
+        )
+    out = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if isinstance(column.type, pa.FixedShapeTensorType):
+            out[name] = column.to_numpy_ndarray()
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
 
 
 def collect_numpy(batches: Any) -> dict[str, np.ndarray]:

@@ -186,6 +186,16 @@ def config_problems(cfg: TrainConfig) -> list[str]:
         add(f"max_failures: expected an integer >= 0 (or -1: no limit), got {cfg.max_failures!r}")
     if not _is_number(cfg.gpu_wait_s) or not cfg.gpu_wait_s >= 0:
         add(f"gpu_wait_s: expected a number of seconds >= 0, got {cfg.gpu_wait_s!r}")
+    if cfg.engine not in ("auto", "local", "ray"):
+        add(f"engine: expected 'auto', 'local' or 'ray', got {cfg.engine!r}")
+    elif cfg.engine == "local" and (
+        cfg.num_workers != 1 or cfg.use_gpu or storage.is_uri(cfg.storage_path or "")
+    ):
+        add(
+            "engine: 'local' trains in this process: it needs num_workers: 1, no use_gpu and "
+            f"a local storage_path (got num_workers={cfg.num_workers!r}, "
+            f"use_gpu={cfg.use_gpu!r}, storage_path={cfg.storage_path!r})"
+        )
     if cfg.on_non_finite not in ("skip", "raise"):
         add(f"on_non_finite: expected 'skip' or 'raise', got {cfg.on_non_finite!r}")
     if not _is_int(cfg.seed):
