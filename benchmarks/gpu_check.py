@@ -193,7 +193,7 @@ def main() -> None:
     t0 = time.perf_counter()
     predict_vs_forward(sizes, rng)
     relabel_connector(sizes, rng)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     reward_actor(sizes, rng)
     ray_train_on_gpu(tempfile.mkdtemp(prefix="gpu_check_"), rng)
     print(f"total {time.perf_counter() - t0:.0f} s")
