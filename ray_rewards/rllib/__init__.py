@@ -11,6 +11,8 @@
 - :func:`with_adversarial_reward` (``config.py``): GAIL/AIRL, the discriminator
   trained on the learners by :class:`AdversarialRewards` (``adversarial.py``) against
   expert transitions (``demonstrations.py``).
+- :func:`with_preference_learning` (``preference_learning.py``): preference
+  comparisons in the loop, labels from a ``ray_rewards.preferences`` gatherer.
 - :func:`record_demonstrations` (``record.py``): a trained policy's transitions as Parquet.
 - ``_compat.py``: every RLlib internal the integration relies on.
 
@@ -22,6 +24,7 @@ from ray_rewards.rllib.adversarial import AdversarialRewards
 from ray_rewards.rllib.algorithm import LearnedRewardAlgorithm, learned_reward_algorithm_class
 from ray_rewards.rllib.config import with_adversarial_reward, with_learned_reward
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
+from ray_rewards.rllib.preference_learning import with_preference_learning
 from ray_rewards.rllib.record import RecordResult, record_demonstrations
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
 from ray_rewards.rllib.reward_state import REWARD_NET_FILE, state_of
@@ -39,4 +42,5 @@ __all__ = [
     "state_of",
     "with_adversarial_reward",
     "with_learned_reward",
+    "with_preference_learning",
 ]
