@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import time
@@ -31,6 +32,17 @@ def kill_and_wait_for_restart(a: RewardActor, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+def wait_for_exit(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not exit"
+        time.sleep(0.02)
+
+
 def expected(net, batch) -> np.ndarray:
     return net.predict_processed(*batch, update_stats=False)
 
@@ -45,6 +57,58 @@ def actor(ray_session, net):
     a = RewardActor(net, max_batch_size=40, max_wait_s=0.05)
     yield a
     ray.kill(a.handle)
+
+
+def test_restart_without_snapshot_reloads_the_net_without_object_store_arguments(
+    ray_session, net, capfd
+):
+    # The net's bytes reach the actor with a ``load`` call, never as a constructor
+    # argument: Ray logs (once per driver process, ray-project/ray#53727) that an actor
+    # with max_restarts > 0 has constructor arguments in the object store, which it
+    # does not keep for restarts. First in this module: the session's first such actor.
+    a = RewardActor(net)
+    try:
+        source = a.norm_moments()["normalize_output_layer"]
+        a.predict_processed(*transitions(np.random.default_rng(12), 30), update_stats=True)
+        assert a.norm_moments()["normalize_output_layer"].count == source.count + 30
+        kill_and_wait_for_restart(a)  # the new incarnation asks its client for the net
+        assert a.serving_stats()["loaded_from"] == "source"
+        assert a.norm_moments()["normalize_output_layer"].allclose(source)
+    finally:
+        ray.kill(a.handle)
+    assert "constructor arguments in the object store" not in capfd.readouterr().err
+
+
+def test_same_node_requests_take_the_socket_and_the_rest_take_ray(actor, net):
+    assert actor.serving_stats()["fast_path"]
+    batch = transitions(np.random.default_rng(21), 9)
+    by_socket = actor.submit(*batch)
+    # A keyword value that JSON would not carry exactly (a numpy bool) goes by Ray.
+    by_ray = actor.submit(*batch, update_stats=np.False_)
+    assert by_socket.ref is None and by_ray.ref is not None
+    for p in (by_socket, by_ray):
+        np.testing.assert_allclose(p.result(), expected(net, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_the_socket_refuses_strangers_and_non_numeric_arrays(actor):
+    from ray_rewards.actors import channel
+
+    _, address, key = actor._call("channel_address")
+    with pytest.raises((ConnectionError, EOFError)):
+        channel.Channel(address, b"x" * len(key))
+    link = channel.Channel(address, key)
+    try:
+        obs, acts, nobs, dones = transitions(np.random.default_rng(22), 3)
+        good = channel.encode_request((obs, acts, nobs, dones), {})
+        # The actor never unpickles: an object-dtype header is refused, not loaded.
+        bad = bytearray(good)
+        at = bad.index(b'"<f4"')
+        bad[at : at + 5] = b'"|O8"'
+        answers = [link.wait(link.send(m)) for m in (bytes(bad), good)]
+        assert isinstance(answers[0], ValueError) and "not numeric" in str(answers[0])
+        assert answers[1].shape == (3,)
+    finally:
+        link.close()
 
 
 def test_concurrent_callers_get_exactly_their_rows_in_coalesced_passes(actor, net):
@@ -158,6 +222,9 @@ def test_killed_actor_restarts_and_stream_completes_exactly_once(ray_session, ne
         first_pid = a.serving_stats()["pid"]
         in_flight = [(i, a.submit(*batches[i])) for i in range(20, 25)]
         ray.kill(a.handle, no_restart=False)
+        # The dying process answers over its socket until it is gone; the later
+        # requests below are sent after that, while Ray restarts the actor.
+        wait_for_exit(first_pid)
         for lo in range(25, 60, 10):
             run(range(lo, min(lo + 10, 60)))
         for i, p in in_flight:
@@ -241,19 +308,6 @@ def test_pool_merges_replica_statistics_exactly(ray_session, tmp_path):
             ray.kill(r.handle)
 
 
-def test_restart_without_snapshot_reloads_the_net_it_was_created_with(ray_session, net):
-    a = RewardActor(net)
-    try:
-        source = a.norm_moments()["normalize_output_layer"]
-        a.predict_processed(*transitions(np.random.default_rng(12), 30), update_stats=True)
-        assert a.norm_moments()["normalize_output_layer"].count == source.count + 30
-        kill_and_wait_for_restart(a)
-        assert a.serving_stats()["loaded_from"] == "source"
-        assert a.norm_moments()["normalize_output_layer"].allclose(source)
-    finally:
-        ray.kill(a.handle)
-
-
 def test_actor_from_saved_path_saves_and_fails_clearly_once_dead(ray_session, tmp_path, net):
     serialize.save(net, tmp_path / "net.pt")
     a = RewardActor(tmp_path / "net.pt", coalesce=False, max_restarts=0)
@@ -264,7 +318,11 @@ def test_actor_from_saved_path_saves_and_fails_clearly_once_dead(ray_session, tm
     a.save(tmp_path / "copy.pt")
     copy = serialize.load(tmp_path / "copy.pt")
     np.testing.assert_allclose(expected(copy, batch), expected(net, batch), rtol=1e-6)
+    pid = a.serving_stats()["pid"]
     ray.kill(a.handle, no_restart=True)
+    # Until the process is gone, a same-node request may still be answered over its
+    # socket (as a Ray call may be, the actor dies asynchronously); after, never.
+    wait_for_exit(pid)
     with pytest.raises(RewardActorError, match="not answered"):
         a.predict_processed(*batch)
 
