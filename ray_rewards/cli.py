@@ -66,7 +66,22 @@ def inspect_net(path: str) -> None:
 @click.option("--batch-size", default=1024, show_default=True, help="Rows per forward pass.")
 @click.option("--concurrency", default=1, show_default=True, help="Actors, one net copy each.")
 @click.option("--num-gpus", default=0.0, show_default=True, help="GPUs per actor.")
+@click.option(
+    "--num-cpus",
+    default=1.0,
+    show_default=True,
+    help="CPUs per actor; the local engine's torch threads.",
+)
 @click.option("--address", default=None, help="Ray cluster (default: RAY_ADDRESS or local).")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "local", "ray"]),
+    default="auto",
+    show_default=True,
+    help="local: stream in this process, no Ray; ray: Ray Data actors; auto: local unless "
+    "GPUs, --concurrency > 1, a cluster whose node here takes no tasks, or a large URI "
+    "input on a multi-node cluster.",
+)
 def relabel(
     input_path: str,
     output_path: str,
@@ -76,23 +91,33 @@ def relabel(
     batch_size: int,
     concurrency: int,
     num_gpus: float,
+    num_cpus: float,
     address: str | None,
+    engine: str,
 ) -> None:
     """Add a learned-reward column to the Parquet transitions at INPUT (e.g. RLlib's
     offline output), writing Parquet to OUTPUT.
 
-    Ray Data shows progress. OUTPUT appears only when the whole job succeeded.
+    The local engine relabels file by file in this process without starting Ray; the
+    Ray engine runs Ray Data (which shows progress), on the cluster at --address or
+    RAY_ADDRESS if given. With --engine auto, a cluster given that way is joined to see
+    its size. OUTPUT appears only when the whole job succeeded.
     """
+    import os
     import time
-
-    import ray
 
     from ray_rewards import data
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False)
+    failures: tuple[type[BaseException], ...] = ()
+    cluster = address or os.environ.get("RAY_ADDRESS")
+    if engine == "ray" or (engine == "auto" and (cluster or concurrency > 1 or num_gpus > 0)):
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False)
+        failures = (ray.exceptions.RayError,)
     start = time.perf_counter()
-    with _reported("relabeling", (ray.exceptions.RayError,)):
+    with _reported("relabeling", failures):
         rows = data.relabel_parquet(
             input_path,
             output_path,
@@ -102,6 +127,8 @@ def relabel(
             batch_size=batch_size,
             concurrency=concurrency,
             num_gpus=num_gpus,
+            num_cpus=num_cpus,
+            engine=engine,
         )
     click.echo(
         f"relabeled {rows} rows into {output_path} (column {column!r}) "

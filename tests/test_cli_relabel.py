@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -65,7 +67,8 @@ def saved_reward(tmp_path_factory):
     return net, str(path)
 
 
-def test_round_trip_on_rllib_offline_output(rllib_output, saved_reward, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_round_trip_on_rllib_offline_output(rllib_output, saved_reward, tmp_path, engine):
     from ray.rllib.utils.compression import unpack
 
     net, path = saved_reward
@@ -74,7 +77,9 @@ def test_round_trip_on_rllib_offline_output(rllib_output, saved_reward, tmp_path
     assert str(src.schema.field("obs").type) == "string"  # RLlib packed it
     out = tmp_path / "relabeled"
     result = CliRunner().invoke(
-        main, ["relabel", rllib_output, str(out), "--reward", path, "--batch-size", "32"]
+        main,
+        ["relabel", rllib_output, str(out), "--reward", path, "--batch-size", "32"]
+        + ["--engine", engine],
     )
     assert result.exit_code == 0, result.output
     assert f"relabeled {src.num_rows} rows" in result.output
@@ -128,4 +133,39 @@ def test_existing_output_and_missing_files_are_refused(rllib_output, saved_rewar
         main, ["relabel", str(tmp_path / "nothing"), str(tmp_path / "o"), "--reward", path]
     )
     assert result.exit_code == 1 and "no such file or directory" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_local_engine_never_imports_ray(rllib_output, saved_reward, tmp_path):
+    """``--engine auto`` on a small local input, in a fresh process with no cluster given:
+    relabeled in that process, without importing Ray (let alone starting it)."""
+    _, path = saved_reward
+    out = tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from ray_rewards.cli import main\n"
+        "try:\n"
+        f"    main(['relabel', {rllib_output!r}, {str(out)!r}, '--reward', {path!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "print('ray imported:', 'ray' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ray imported: False" in done.stdout
+    assert f"relabeled {read_dir(rllib_output).num_rows} rows" in done.stdout
+    assert sorted(os.listdir(out)) == sorted(
+        f"part-{i:05d}.parquet" for i in range(len(os.listdir(out)))
+    )
+
+
+def test_unknown_engine_is_a_usage_error(rllib_output, saved_reward, tmp_path):
+    _, path = saved_reward
+    result = CliRunner().invoke(
+        main, ["relabel", rllib_output, str(tmp_path / "o"), "--reward", path, "--engine", "x"]
+    )
+    assert result.exit_code == 2 and "'x' is not one of 'auto', 'local', 'ray'" in result.output
     assert not (tmp_path / "o").exists()

@@ -15,6 +15,7 @@ from helpers import OBS, random_transitions
 from helpers import make_net as make_plain_net
 
 from ray_rewards import data, networks
+from ray_rewards.data.columns import table_transitions
 from ray_rewards.reward_nets import NormalizedRewardNet
 from ray_rewards.stats import Moments
 
@@ -78,11 +79,12 @@ def test_column_names_are_rllibs():
     )
 
 
-def test_relabel_equals_direct_predict_and_keeps_original(ray_session):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_relabel_equals_direct_predict_and_keeps_original(ray_session, engine):
     net = make_net()
     cols = transitions(200)
     ds = ray.data.from_items(as_rows(cols)).repartition(4)
-    out = data.relabel_dataset(ds, net, batch_size=32)
+    out = data.relabel_dataset(ds, net, batch_size=32, engine=engine)
     got, frame = by_id(out)
     np.testing.assert_allclose(got, direct(net, cols), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(frame["rewards"].to_numpy(), cols["rewards"])
@@ -91,7 +93,8 @@ def test_relabel_equals_direct_predict_and_keeps_original(ray_session):
     assert net.normalize_output_layer.moments().count == 50
 
 
-def test_packed_columns_and_reward_type(ray_session, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_packed_columns_and_reward_type(ray_session, tmp_path, engine):
     from ray_rewards import serialize
 
     net = make_net(1)
@@ -100,7 +103,7 @@ def test_packed_columns_and_reward_type(ray_session, tmp_path):
     assert ds.schema().types[ds.schema().names.index("obs")] == pa.string()
     serialize.save(net, tmp_path / "net.pt")
     out = data.relabel_dataset(
-        ds, tmp_path / "net.pt", reward_type="RewardNet_unnormalized", column="raw"
+        ds, tmp_path / "net.pt", reward_type="RewardNet_unnormalized", column="raw", engine=engine
     )
     got, frame = by_id(out, "raw")
     want = net.base.predict_processed(
@@ -125,12 +128,16 @@ def test_packed_column_cannot_run_code(tmp_path):
     assert not marker.exists()
 
 
-def test_update_stats_merges_every_batch_into_the_net(ray_session):
+@pytest.mark.parametrize(("engine", "concurrency"), [("local", 1), ("auto", 2)])
+def test_update_stats_merges_every_batch_into_the_net(ray_session, engine, concurrency):
+    # The same exact merge either way (auto picks Ray Data for concurrency 2).
     net = make_net(2)
     base_moments = net.normalize_output_layer.moments()
     cols = transitions(150, seed=2)
     ds = ray.data.from_items(as_rows(cols)).repartition(3)
-    out = data.relabel_dataset(ds, net, batch_size=20, concurrency=2, update_stats=True)
+    out = data.relabel_dataset(
+        ds, net, batch_size=20, concurrency=concurrency, update_stats=True, engine=engine
+    )
     assert out.count() == 150
     raw = net.base.predict_processed(
         cols["obs"], cols["actions"], cols["new_obs"], cols["terminateds"]
@@ -149,8 +156,9 @@ def test_missing_column_is_named(ray_session):
     with pytest.raises(ValueError, match="missing column 'new_obs'"):
         data.relabel_dataset(ds, make_net())  # schema known: refused before running
     lazy = ds.map(lambda row: row)  # schema unknown until it runs
-    with pytest.raises(Exception, match="missing column 'new_obs'"):
-        data.relabel_dataset(lazy, make_net()).take_all()
+    for engine in ("local", "ray"):
+        with pytest.raises(Exception, match="missing column 'new_obs'"):
+            data.relabel_dataset(lazy, make_net(), engine=engine).take_all()
 
 
 def test_shapes_that_do_not_fit_name_the_column(ray_session):
@@ -161,8 +169,9 @@ def test_shapes_that_do_not_fit_name_the_column(ray_session):
         data.relabel_dataset(ray.data.from_items(as_rows(cols)), make_net())
     # Packed rows show their shape only when read: the batch fails, naming the column.
     packed = ray.data.from_items(as_rows(cols, pack_obs=True))
-    with pytest.raises(Exception, match=r"column 'obs': expected rows of shape \(3,\)"):
-        data.relabel_dataset(packed, make_net()).take_all()
+    for engine in ("local", "ray"):
+        with pytest.raises(Exception, match=r"column 'obs': expected rows of shape \(3,\)"):
+            data.relabel_dataset(packed, make_net(), engine=engine).take_all()
 
 
 def test_bad_options(ray_session):
@@ -175,3 +184,157 @@ def test_bad_options(ray_session):
     ema = NormalizedRewardNet(net.base, networks.EMANorm)
     with pytest.raises(TypeError, match="only RunningNorm statistics merge"):
         data.relabel_dataset(ds, ema, update_stats=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Engines: the local one (this process, no Ray) and Ray Data give the same output
+# ---------------------------------------------------------------------------------------
+
+
+def write_files(directory, sizes=(50, 0, 70, 30), bad_row: int | None = None) -> pa.Table:
+    """Parquet files as RLlib and Ray write them (packed obs, Ray tensor actions), one
+    with no rows; returns everything written, as one table.
+    """
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorArray
+    from ray.rllib.utils.compression import pack
+
+    directory.mkdir()
+    rng = np.random.default_rng(3)
+    tables, start = [], 0
+    for i, n in enumerate(sizes):
+        cols = random_transitions(rng, n, OBS, gym.spaces.Box(-1, 1, (1,), np.float32))
+        if bad_row is not None and start <= bad_row < start + n:
+            cols["obs"][bad_row - start, 0] = np.nan
+        table = pa.table(
+            {
+                "id": np.arange(start, start + n),
+                "obs": pa.array([pack(r) for r in cols["obs"]], pa.string()),
+                "actions": ArrowTensorArray.from_numpy(cols["actions"]),
+                "new_obs": pa.array([pack(r) for r in cols["new_obs"]], pa.string()),
+                "rewards": rng.normal(size=n),
+                "terminateds": cols["terminateds"],
+                "truncateds": np.zeros(n, bool),
+            }
+        )
+        pq.write_table(table, directory / f"part-{i}.parquet")
+        tables.append(table)
+        start += n
+    return pa.concat_tables(tables)
+
+
+def read_output(directory) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    files = sorted(directory.glob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).sort_by("id")
+
+
+def box_net() -> NormalizedRewardNet:
+    net = make_plain_net(OBS, gym.spaces.Box(-1, 1, (1,), np.float32), normalized=True)
+    net.normalize_output_layer.set_moments(Moments(50, np.array([0.3]), np.array([2.0])))
+    return net
+
+
+def test_local_and_ray_engines_write_the_same_parquet(ray_session, tmp_path):
+    source = write_files(tmp_path / "in")
+    net = box_net()
+    out = {}
+    for engine in ("local", "ray"):
+        rows = data.relabel_parquet(
+            str(tmp_path / "in"), str(tmp_path / engine), net, batch_size=16, engine=engine
+        )
+        assert rows == source.num_rows == 150
+        out[engine] = read_output(tmp_path / engine)
+    local, remote = out["local"], out["ray"]
+    assert local.schema == remote.schema  # same columns and types, tensor columns kept
+    assert local.column_names == [*source.column_names, "learned_rewards"]
+    for name in source.column_names:
+        assert local[name].equals(remote[name]) and local[name].equals(source[name])
+    np.testing.assert_allclose(
+        local["learned_rewards"].to_numpy(), remote["learned_rewards"].to_numpy(), rtol=1e-6
+    )
+    # One part per input file with rows; nothing else beside the outputs.
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [
+        "part-00000.parquet",
+        "part-00002.parquet",
+        "part-00003.parquet",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "local", "ray"]
+    assert net.normalize_output_layer.moments().count == 50  # frozen
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_bad_row_fails_either_engine_naming_it_and_writes_nothing(ray_session, tmp_path, engine):
+    write_files(tmp_path / "in", bad_row=57)  # the 8th row of the third file
+    net = box_net()
+    before = net.normalize_output_layer.moments()
+    # Either way the error names the row within its batch (Ray Data's batches may span
+    # files); the local engine adds the file and the batch's rows in it.
+    where = (
+        r"at rows \d+ of \d+" if engine == "ray" else r"at rows 7 of 64 .*part-2.parquet, rows 0-63"
+    )
+    with pytest.raises(Exception, match=rf"state: expected finite values, got NaN or inf {where}"):
+        data.relabel_parquet(
+            str(tmp_path / "in"),
+            str(tmp_path / "out"),
+            net,
+            batch_size=64,
+            update_stats=True,
+            engine=engine,
+        )
+    assert net.normalize_output_layer.moments().allclose(before, rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_local_update_stats_on_parquet_merges_like_the_direct_update(tmp_path):
+    source = write_files(tmp_path / "in")
+    net, reference = box_net(), box_net()
+    data.relabel_parquet(
+        str(tmp_path / "in"), str(tmp_path / "out"), net, batch_size=32, update_stats=True
+    )
+    reference.predict_processed(*table_transitions(source, reference), update_stats=True)
+    got, want = net.normalize_output_layer.moments(), reference.normalize_output_layer.moments()
+    assert got.count == want.count == 200
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6)
+    np.testing.assert_allclose(got.var, want.var, rtol=1e-6)
+
+
+def test_auto_picks_the_local_engine_for_a_small_local_input(ray_session, tmp_path):
+    write_files(tmp_path / "in", sizes=(20,))
+    data.relabel_parquet(str(tmp_path / "in"), str(tmp_path / "out"), box_net())
+    # The local engine's naming (Ray Data names its parts by dataset and task ids).
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["part-00000.parquet"]
+
+
+def test_the_auto_rule():
+    from ray_rewards.data.engine import Cluster
+
+    choose = data.choose_engine
+    big, small = data.LOCAL_MAX_ROWS, data.LOCAL_MAX_ROWS - 1
+    one, three = Cluster(nodes=1, driver_cpus=8), Cluster(nodes=3, driver_cpus=8)
+    # Forced engines are kept whatever the data or the cluster.
+    assert choose("ray", rows=10, shared_input=False) == "ray"
+    assert choose("local", rows=big, shared_input=True, cluster=three, concurrency=4) == "local"
+    # Only Ray Data gives GPUs or several actors.
+    assert choose("auto", rows=10, shared_input=False, num_gpus=0.5) == "ray"
+    assert choose("auto", rows=10, shared_input=False, concurrency=2) == "ray"
+    # No cluster or one node: local, at any size.
+    assert choose("auto", rows=big, shared_input=True) == "local"
+    assert choose("auto", rows=big, shared_input=True, cluster=one) == "local"
+    # Several nodes: Ray Data for large shared inputs (or of unknown size) only.
+    assert choose("auto", rows=big, shared_input=True, cluster=three) == "ray"
+    assert choose("auto", rows=None, shared_input=True, cluster=three) == "ray"
+    assert choose("auto", rows=small, shared_input=True, cluster=three) == "local"
+    assert choose("auto", rows=big, shared_input=False, cluster=three) == "local"
+    # A driver on a node that takes no tasks (a head kept for coordination): Ray Data.
+    head = Cluster(nodes=2, driver_cpus=0)
+    assert choose("auto", rows=10, shared_input=False, cluster=head) == "ray"
+    with pytest.raises(ValueError, match="engine: expected one of"):
+        choose("spark", rows=1, shared_input=True)
+
+
+def test_the_session_cluster_is_seen(ray_session):
+    from ray_rewards.data.engine import connected_cluster
+
+    assert connected_cluster().nodes == 1 and connected_cluster().driver_cpus == 8

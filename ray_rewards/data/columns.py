@@ -6,6 +6,11 @@ lists (Parquet written by other tools); all three are read here. The net's
 ``done`` input is ``terminateds`` (a truncated episode's next state still has a
 future); ``truncateds`` and ``rewards`` are passed through untouched.
 
+Arrow columns become numpy here without Ray (:func:`arrow_column`), so that the
+local relabeling path never imports it: Ray's fixed-shape tensor columns (its
+extension types, or their storage plus field metadata when Ray is not loaded) and
+lists of equal length are reshaped from their flat values without a copy per row.
+
 Errors: a missing column, or a tensor column whose row shape does not fit the
 net's spaces, is refused from the schema (:func:`check_schema`) before anything
 runs (ValueError naming the column). What only the rows show (packed or list
@@ -14,13 +19,15 @@ columns) fails when the rows are read (:func:`column_array`), naming the column.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from gymnasium import spaces
-from ray.data.block import BlockAccessor
 
 from ray_rewards.data.packed import UnsafeDataError, unpack_array
 from ray_rewards.reward_nets import RewardNet
@@ -92,13 +99,38 @@ def check_columns(columns: Any, needed: tuple[str, ...] = _INPUT_COLUMNS) -> Non
             )
 
 
-def _arrow_element_shape(dtype: Any) -> tuple[int, ...] | None:
-    """Row shape a Parquet/Arrow column type implies; None when only the data can tell
+_RAY_TENSOR_TYPES = ("ray.data.arrow_tensor", "ray.data.arrow_tensor_v2")
+"""Ray's fixed-shape tensor extension types (storage: a list per row of the flat values)."""
+
+
+def _tensor_shape(field: pa.Field) -> tuple[int, ...] | None:
+    """Row shape of a fixed-shape tensor column: Ray's extension type when Ray is loaded,
+    or its name and JSON shape in the field metadata when pyarrow read it alone.
+    """
+    typ = field.type
+    if isinstance(typ, pa.ExtensionType):
+        shape = getattr(typ, "shape", None) if typ.extension_name in _RAY_TENSOR_TYPES else None
+    else:
+        meta = field.metadata or {}
+        if meta.get(b"ARROW:extension:name", b"").decode() not in _RAY_TENSOR_TYPES:
+            return None
+        try:
+            shape = json.loads(meta.get(b"ARROW:extension:metadata", b""))
+        except ValueError:
+            return None  # not JSON (files of Ray 2.49-2.54): read through Ray instead
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _arrow_element_shape(field: pa.Field) -> tuple[int, ...] | None:
+    """Row shape a Parquet/Arrow column's type implies; None when only the data can tell
     (packed strings, lists).
     """
-    if isinstance(dtype, pa.ExtensionType) and getattr(dtype, "shape", None) is not None:
-        shape = tuple(dtype.shape)
-        return None if any(d is None for d in shape) else shape
+    shape = _tensor_shape(field)
+    if shape is not None:
+        return shape
+    dtype = field.type
     if isinstance(dtype, pa.DataType) and (
         pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
     ):
@@ -106,10 +138,78 @@ def _arrow_element_shape(dtype: Any) -> tuple[int, ...] | None:
     return None
 
 
+def _is_list(dtype: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(dtype)
+        or pa.types.is_large_list(dtype)
+        or pa.types.is_fixed_size_list(dtype)
+    )
+
+
+def _uniform_lists(arr: pa.Array) -> np.ndarray | None:
+    """Nested lists of one length per level, without nulls, as one reshaped array (the
+    flat values are not copied per row); None when they are ragged or have nulls.
+    """
+    if arr.null_count:
+        return None
+    if not _is_list(arr.type):
+        return arr.to_numpy(zero_copy_only=False) if not pa.types.is_nested(arr.type) else None
+    if pa.types.is_fixed_size_list(arr.type):
+        width = arr.type.list_size
+    else:
+        lengths = pc.list_value_length(arr)
+        bounds = pc.min_max(lengths)
+        width = bounds["min"].as_py()
+        if len(arr) and width != bounds["max"].as_py():
+            return None
+    inner = _uniform_lists(arr.flatten())
+    if inner is None:
+        return None
+    return inner.reshape(len(arr), width or 0, *inner.shape[1:])
+
+
+def arrow_column(column: pa.Array | pa.ChunkedArray, field: pa.Field) -> np.ndarray:
+    """One Arrow column as numpy, without Ray: tensor columns and lists of equal length
+    as ``(rows, *row shape)`` arrays, strings (packed columns) as an object array;
+    :func:`column_array` then decodes and checks it.
+    """
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    storage = arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+    shape = _tensor_shape(field)
+    if shape is not None and not storage.null_count and _is_list(storage.type):
+        flat = storage.flatten().to_numpy(zero_copy_only=False)
+        if flat.size == len(storage) * math.prod(shape):
+            return flat.reshape(len(storage), *shape)
+    if isinstance(arr, pa.ExtensionArray):
+        # Another extension type (e.g. Ray's variable-shaped tensors): Ray knows it.
+        from ray.data.block import BlockAccessor
+
+        return BlockAccessor.for_block(pa.table({field.name: arr})).to_numpy(field.name)
+    if _is_list(storage.type):
+        stacked = _uniform_lists(storage)
+        if stacked is not None:
+            return stacked
+    return storage.to_numpy(zero_copy_only=False)
+
+
 def check_schema(names: list[str], types: list[Any], net: RewardNet | None) -> None:
     """Refuse, before anything runs, a schema missing a column or with row shapes that do
     not fit ``net``'s spaces (as far as the column types tell). ValueError names the column.
     """
+    fields = [
+        pa.field(n, t if isinstance(t, pa.DataType) else pa.null()) for n, t in zip(names, types)
+    ]
+    _check_fields(list(names), fields, net)
+
+
+def check_arrow_schema(schema: pa.Schema, net: RewardNet | None) -> None:
+    """:func:`check_schema` of an Arrow schema (a Parquet file's, read with or without
+    Ray's extension types loaded: the field metadata tells a tensor column then).
+    """
+    _check_fields(schema.names, list(schema), net)
+
+
+def _check_fields(names: list[str], fields: list[pa.Field], net: RewardNet | None) -> None:
     check_columns(names)
     if net is None:
         return
@@ -118,7 +218,7 @@ def check_schema(names: list[str], types: list[Any], net: RewardNet | None) -> N
         (ACTIONS, net.action_space),
         (NEXT_OBS, net.observation_space),
     ):
-        shape = _arrow_element_shape(types[names.index(column)])
+        shape = _arrow_element_shape(fields[names.index(column)])
         if shape is not None and shape != _element_shape(space):
             raise ValueError(
                 f"column {column!r}: expected rows of shape {_element_shape(space)} for "
@@ -147,10 +247,12 @@ def table_transitions(
     table: pa.Table, net: RewardNet | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`transition_arrays` of an Arrow table: only the four input columns become
-    numpy (tensor columns through Ray's extension types); the rest stays Arrow.
+    numpy (:func:`arrow_column`); the rest stays Arrow.
     """
     check_columns(table.column_names)
-    return transition_arrays(BlockAccessor.for_block(table).to_numpy(list(_INPUT_COLUMNS)), net)
+    schema = table.schema
+    cols = {c: arrow_column(table.column(c), schema.field(c)) for c in _INPUT_COLUMNS}
+    return transition_arrays(cols, net)
 
 
 __all__ = [
@@ -162,6 +264,8 @@ __all__ = [
     "RLLIB_COLUMNS",
     "TERMINATEDS",
     "TRUNCATEDS",
+    "arrow_column",
+    "check_arrow_schema",
     "check_columns",
     "check_schema",
     "column_array",

@@ -1,0 +1,225 @@
+"""One relabeling step, the same on every engine: an Arrow batch in, the batch plus the
+reward column out (:class:`BatchRelabeler`), and the checks every engine makes first.
+
+The local engine runs it in the caller's process, the Ray engine in each Ray Data
+actor; sharing it is what makes both engines' outputs (values, columns, errors)
+the same. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import torch as th
+
+from ray_rewards import file_format, networks, storage
+from ray_rewards.data.columns import INPUTS, RLLIB_COLUMNS, table_transitions
+from ray_rewards.reward_function import (
+    NetRewardFn,
+    frozen_stats_kwargs,
+    load_reward,
+    reward_registry,
+)
+from ray_rewards.reward_nets import NormalizedRewardNet, RewardNet
+
+if TYPE_CHECKING:
+    from ray_rewards.actors.wire import RewardSource
+
+
+def check_output_column(column: Any, existing: Sequence[str] = ()) -> None:
+    """ValueError unless ``column`` is a usable name for the new column: a non-empty
+    string that is neither one of RLlib's columns nor already in the data (the
+    original data is never overwritten).
+    """
+    if not isinstance(column, str) or not column.strip():
+        raise ValueError(f"column: expected a non-empty column name, got {column!r}")
+    if column in RLLIB_COLUMNS:
+        raise ValueError(
+            f"column: {column!r} is one of RLlib's columns {list(RLLIB_COLUMNS)}; choose "
+            "another name (the original data is kept; rename it afterwards if you want)"
+        )
+    if column in existing:
+        raise ValueError(
+            f"column: the data already has a column {column!r}; choose another name "
+            "(nothing is overwritten)"
+        )
+
+
+def check_options(
+    reward: RewardSource,
+    *,
+    column: str,
+    reward_type: str | None,
+    update_stats: bool,
+    batch_size: int,
+    concurrency: int,
+) -> None:
+    """The option checks of every engine, before any data is read (ValueError, TypeError
+    or KeyError naming the option).
+    """
+    check_output_column(column)
+    if update_stats and not isinstance(reward, RewardNet):
+        raise ValueError(
+            "update_stats=True merges the statistics back into the net: pass the RewardNet "
+            f"object, not a {type(reward).__name__}"
+        )
+    if update_stats and reward_type is not None:
+        raise ValueError("update_stats=True uses the net's predict_processed: omit reward_type")
+    if update_stats:
+        for m in reward.modules():
+            layer = getattr(m, "normalize_output_layer", None)
+            if isinstance(m, NormalizedRewardNet) and not isinstance(layer, networks.RunningNorm):
+                raise TypeError(
+                    f"update_stats=True: the output normalization is {type(layer).__name__}; "
+                    "only RunningNorm statistics merge across the relabeling actors"
+                )
+    if batch_size < 1 or concurrency < 1:
+        raise ValueError(
+            f"batch_size and concurrency: expected >= 1, got {batch_size} and {concurrency}"
+        )
+    if reward_type is not None:
+        reward_registry.get(reward_type)  # KeyError naming the valid types
+
+
+def load_source(source: bytes | str | os.PathLike, device: th.device | str = "cpu") -> RewardNet:
+    """A net from a path (or URI) or saved-format bytes, loaded safely (as
+    ``actors.wire.load_reward_source``, without importing Ray).
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return file_format.from_bytes(bytes(source), device)
+    if isinstance(source, (str, os.PathLike)):
+        return file_format.load(source, device)
+    raise TypeError(
+        "reward: expected a RewardNet, a path saved by ray_rewards or its bytes, "
+        f"got {type(source).__name__}"
+    )
+
+
+def _load_typed_reward(reward_type: str, source: bytes | str, kwargs: dict[str, Any]) -> Any:
+    """``load_reward`` for a path or saved-format bytes (no env to check).
+
+    Reward-type loaders (users register their own) read a path, so bytes are
+    written to a temporary file for them.
+    """
+    if isinstance(source, str):
+        return load_reward(reward_type, source, None, **kwargs)
+    with tempfile.TemporaryDirectory(prefix="ray_rewards_") as tmp:
+        path = os.path.join(tmp, storage.NET_FILE)
+        storage.write_bytes(path, source)
+        return load_reward(reward_type, path, None, **kwargs)
+
+
+def as_source(reward: RewardSource) -> RewardNet | bytes | str:
+    """What :class:`BatchRelabeler` loads: a net, bytes, or a path made a string."""
+    if isinstance(reward, (RewardNet, bytes)):
+        return reward
+    if isinstance(reward, (str, os.PathLike)):
+        return storage.absolute(reward)
+    raise TypeError(
+        "reward: expected a RewardNet, a path saved by ray_rewards or its bytes, "
+        f"got {type(reward).__name__}"
+    )
+
+
+def local_device(num_gpus: float) -> str:
+    """Where the local engine runs the net: CUDA when GPUs are asked for, else CPU.
+
+    Raises:
+        ValueError: GPUs asked for but torch sees none in this process.
+    """
+    if num_gpus <= 0:
+        return "cpu"
+    if not th.cuda.is_available():
+        raise ValueError(
+            f"num_gpus={num_gpus} with the local engine: torch sees no CUDA device in this "
+            "process (use engine='ray' to place the net on a cluster's GPUs)"
+        )
+    return "cuda"
+
+
+class BatchRelabeler:
+    """Adds the reward column to Arrow batches with one copy of the reward.
+
+    Args:
+        source: the net itself (used as is, or a private copy when statistics update:
+            :meth:`merge_into` merges them back), a path or URI, or saved-format bytes.
+        reward_type: a ``load_reward`` type, or None for the net's ``predict_processed``.
+        column: the new column's name.
+        update_stats: let the net's normalization statistics update with every batch
+            (:attr:`sync` then tells what was added).
+        predict_kwargs: more keyword arguments for ``predict_processed`` or the loader.
+        device: where a loaded net runs (a net passed in stays where it is).
+    """
+
+    def __init__(
+        self,
+        source: RewardNet | bytes | str,
+        reward_type: str | None,
+        column: str,
+        update_stats: bool,
+        predict_kwargs: Mapping[str, Any],
+        device: th.device | str = "cpu",
+    ):
+        self.column = column
+        kwargs = dict(predict_kwargs)
+        self.net: RewardNet | None
+        if reward_type is None:
+            if isinstance(source, RewardNet):
+                net = copy.deepcopy(source) if update_stats else source
+            else:
+                net = load_source(source, device)
+            asked = {"update_stats": True} if update_stats else {}
+            self.net = net
+            # Statistics frozen unless asked (the rule of load_reward: only nets with a
+            # NormalizedRewardNet get the keyword).
+            self.reward_fn: Callable[..., np.ndarray] = NetRewardFn(
+                net, "predict_processed", frozen_stats_kwargs(net, {**kwargs, **asked})
+            )
+        else:
+            if isinstance(source, RewardNet):
+                source = file_format.to_bytes(source)
+            elif not isinstance(source, bytes):
+                source = storage.absolute(source)
+            self.reward_fn = _load_typed_reward(reward_type, source, kwargs)
+            self.net = getattr(self.reward_fn, "net", None)
+            if self.net is not None:
+                self.net.to(device)
+        self.sync = networks.NormSync(self.net) if update_stats else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """``batch`` with the reward column appended; every other column passes through
+        untouched (only the four input columns become numpy).
+        """
+        arrays = table_transitions(batch, self.net)
+        try:
+            rewards = np.asarray(self.reward_fn(*arrays))
+        except ValueError as err:
+            names = ", ".join(f"{arg}={col!r}" for arg, col in INPUTS)
+            raise ValueError(f"{err} (the net's inputs come from columns {names})") from err
+        check_output_column(self.column, batch.column_names)
+        return batch.append_column(self.column, pa.array(rewards))
+
+    def merge_into(self, net: RewardNet) -> None:
+        """Merge the statistics this copy added (``update_stats``) into ``net``, as the
+        Ray engine merges its actors' reports: call it once every batch succeeded.
+        """
+        if self.sync is None:
+            return
+        sync = networks.NormSync(net)
+        sync.absorb(networks.merge_norm_reports(sync.synced, [self.sync.report()]))
+
+
+__all__ = [
+    "BatchRelabeler",
+    "as_source",
+    "check_options",
+    "check_output_column",
+    "load_source",
+    "local_device",
+]
