@@ -85,3 +85,30 @@ def test_bad_options_are_refused():
         with_preference_learning(ppo(), make_net(), selection="active")
     with pytest.raises(ValueError, match="total_labels must be an integer >= 1, got 0"):
         with_preference_learning(ppo(), make_net(), total_labels=0)
+
+
+def test_a_restored_run_continues_the_query_schedule(ray_session, tmp_path):
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    config = with_preference_learning(
+        ppo(),
+        make_net(),
+        total_labels=40,
+        num_rounds=3,
+        fragment_length=10,
+        data_dir=str(tmp_path / "prefs"),
+    )
+    algo = config.build_algo()
+    try:
+        first = [algo.train()["learned_reward"]["preferences"] for _ in range(2)]
+        path = algo.save_to_path(str(tmp_path / "ckpt"))
+    finally:
+        algo.stop()
+    restored = Algorithm.from_checkpoint(path)
+    try:
+        later = [restored.train()["learned_reward"]["preferences"] for _ in range(2)]
+    finally:
+        restored.stop()
+    assert [r["round"] for r in first + later] == [1, 2, 3, 4]
+    labels = [r["num_labels"] for r in first + later]
+    assert labels[-1] == 40 and labels == sorted(labels)  # on from where it stopped
