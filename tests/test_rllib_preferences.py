@@ -3,6 +3,8 @@ gatherer that answers nothing never holds training up."""
 
 from __future__ import annotations
 
+import shutil
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -104,6 +106,9 @@ def test_a_restored_run_continues_the_query_schedule(ray_session, tmp_path):
         path = algo.save_to_path(str(tmp_path / "ckpt"))
     finally:
         algo.stop()
+    # The labels travel with the checkpoint: a run restored where its data folder is
+    # gone takes them back from there.
+    shutil.rmtree(tmp_path / "prefs")
     restored = Algorithm.from_checkpoint(path)
     try:
         later = [restored.train()["learned_reward"]["preferences"] for _ in range(2)]
@@ -112,3 +117,4 @@ def test_a_restored_run_continues_the_query_schedule(ray_session, tmp_path):
     assert [r["round"] for r in first + later] == [1, 2, 3, 4]
     labels = [r["num_labels"] for r in first + later]
     assert labels[-1] == 40 and labels == sorted(labels)  # on from where it stopped
+    assert len(schemas.read_numpy(str(tmp_path / "prefs" / "labels"))["preference"]) == 40

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from gymnasium import spaces
 
@@ -41,6 +42,10 @@ class PreferenceStore:
         self._spaces = (observation_space, action_space)
         if (observation_space is None) != (action_space is None):
             raise ValueError("PreferenceStore: give both spaces or neither")
+        self._scan()
+
+    def _scan(self) -> None:
+        """Count the stored rows and read the schema from the folder's files."""
         self._schema: pa.Schema | None = None
         self._num_rows = 0
         for fs, file in _files.list_parquet(self.path).values():
@@ -83,6 +88,34 @@ class PreferenceStore:
     def __len__(self) -> int:
         """Labeled pairs stored (by this and earlier stores on the folder)."""
         return self._num_rows
+
+    def copy_to(self, folder: str, filesystem: pafs.FileSystem | None = None) -> int:
+        """Copy every part file into ``folder`` (e.g. a checkpoint's); returns how many."""
+        files = _files.list_parquet(self.path)
+        for name, (fs, file) in files.items():
+            with fs.open_input_file(file) as f:
+                data = f.read()
+            storage.write_bytes(f"{folder.rstrip('/')}/{name}", data, filesystem=filesystem)
+        return len(files)
+
+    def take_missing_from(self, folder: str, filesystem: pafs.FileSystem | None = None) -> int:
+        """Copy the part files of ``folder`` this store lacks (a checkpoint's copy, when
+        the store's own folder was lost or is on another machine); returns how many.
+        """
+        fs, root = storage.resolve(folder, filesystem)
+        fs = fs or pafs.LocalFileSystem()
+        if fs.get_file_info(root).type != pafs.FileType.Directory:
+            return 0
+        have = set(_files.list_parquet(self.path))
+        copied = 0
+        for info in fs.get_file_info(pafs.FileSelector(root)):
+            if info.base_name.endswith(".parquet") and info.base_name not in have:
+                with fs.open_input_file(info.path) as f:
+                    storage.write_bytes(_files.join(self.path, info.base_name), f.read())
+                copied += 1
+        if copied:
+            self._scan()
+        return copied
 
 
 __all__ = ["PreferenceStore"]

@@ -67,6 +67,8 @@ class LearnedRewardAlgorithm:
             path, state=state, filesystem=filesystem, use_msgpack=use_msgpack
         )
         reward_state.save(path, filesystem=filesystem)
+        for part in _checkpoint_parts(self):
+            part.save_checkpoint(path, filesystem)
         return path
 
     def restore_from_path(self, path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -75,6 +77,18 @@ class LearnedRewardAlgorithm:
         if kwargs.get("component") is None:
             filesystem, fs_path = storage.resolve(path, kwargs.get("filesystem"))
             state_of(self).restore(self, fs_path, filesystem=filesystem)  # type: ignore[arg-type]
+            for part in _checkpoint_parts(self):
+                part.restore_checkpoint(fs_path, filesystem)
+
+
+def _checkpoint_parts(algorithm: Any) -> list[Any]:
+    """The config's callbacks that keep files of their own in checkpoints (those with
+    ``save_checkpoint``/``restore_checkpoint``, e.g. preference learning's labels).
+    """
+    callbacks = algorithm.config.callbacks_on_train_result
+    if not isinstance(callbacks, (list, tuple)):
+        callbacks = [callbacks]
+    return [c for c in callbacks if hasattr(c, "save_checkpoint")]
 
 
 def learned_reward_algorithm_class(base: type[Algorithm] | str) -> type[Algorithm]:

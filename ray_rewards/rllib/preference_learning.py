@@ -51,6 +51,7 @@ from ray_rewards.rllib.reward_state import state_of
 from ray_rewards.train import oracle
 
 _BUFFER_ATTR = "_ray_rewards_env_transitions"
+LABELS_DIR = "preference_labels"
 SELECTIONS = ("uniform", "active")
 
 
@@ -139,6 +140,17 @@ class PreferenceRounds:
             "labels_left": self.schedule.remaining,
             **self.last_training,
         }
+
+    def save_checkpoint(self, path: str, filesystem: Any = None) -> None:
+        """Put a copy of the labels in the checkpoint (``<path>/preference_labels``):
+        the rest of this object's state (schedule, counters, generators) is saved
+        with the config, which holds it.
+        """
+        self.store.copy_to(f"{path.rstrip('/')}/{LABELS_DIR}", filesystem)
+
+    def restore_checkpoint(self, path: str, filesystem: Any = None) -> None:
+        """Bring back the checkpoint's labels the store's folder lacks."""
+        self.store.take_missing_from(f"{path.rstrip('/')}/{LABELS_DIR}", filesystem)
 
     def _round(self, algorithm: Any) -> None:
         parts = [
