@@ -400,7 +400,7 @@ def test_job_config_file_is_valid(path):
     name = os.path.basename(path)[: -len(".yaml")]
     cfg = jobs.load_config(path, name)
     assert cfg.job == name and cfg.storage_path
-    if name in ("rllib", "adversarial"):
+    if name in ("rllib", "adversarial", "preferences"):
         algo = jobs.algorithm_config(cfg.settings)
         custom = algo.custom_resources_per_env_runner
         # Env runners are pinned to CPU workers by the resource those nodes offer.

@@ -21,6 +21,8 @@ from ray_rewards.train import TrainConfig
 
 # A valid adversarial section (no file is read when a config is parsed).
 ADV = {"demonstrations": "demos", "iterations": 1, "config": {"env": "CartPole-v1"}}
+# A valid preferences section.
+PREF = {"iterations": 1, "config": {"env": "Pendulum-v1"}}
 
 
 def _write(tmp_path, data, name="job.yaml") -> str:
@@ -185,6 +187,60 @@ def test_values_are_converted_and_type_checked(tmp_path):
             {"storage_path": "/r", "adversarial": {"iterations": 1}},
             ValueError,
             r"missing required keys \['demonstrations'\]",
+        ),
+        (
+            "preferences",
+            {"storage_path": "/r", "preferences": {**PREF, "gatherer": "human"}},
+            ValueError,
+            r"preferences\.gatherer: expected one of \['synthetic', 'async'\]",
+        ),
+        (
+            "preferences",
+            {
+                "storage_path": "/r",
+                "preferences": {**PREF, "gatherer": "async", "gatherer_options": {"seed": 0}},
+            },
+            ValueError,
+            r"preferences\.gatherer_options: the async gatherer takes none",
+        ),
+        (
+            "preferences",
+            {
+                "storage_path": "/r",
+                "preferences": {**PREF, "preference_options": {"data_dir": "x"}},
+            },
+            ValueError,
+            r"preferences\.preference_options\.data_dir: set by the job",
+        ),
+        (
+            "preferences",
+            {"storage_path": "/r", "preferences": {**PREF, "net": "MLPRewardNet"}},
+            ValueError,
+            r"preferences\.net: expected one of \['BasicRewardNet'",
+        ),
+        (
+            "preferences",
+            {"storage_path": "/r", "preferences": {**PREF, "net_kwargs": {"hid_size": [8]}}},
+            ValueError,
+            r"preferences\.net_kwargs: \['hid_size'\] are not arguments of BasicRewardNet",
+        ),
+        (
+            "preferences",
+            {"storage_path": "/r", "preferences": {**PREF, "config": {"lr": 0.1}}},
+            ValueError,
+            r"preferences\.config\.env: required",
+        ),
+        (
+            "preferences",
+            {"storage_path": "/r", "preferences": {**PREF, "iterations": None}},
+            ValueError,
+            "preferences: give iterations, env_steps or both",
+        ),
+        (
+            "preferences",
+            {"storage_path": "s3://b/p", "preferences": PREF},
+            ValueError,
+            r"storage_path 's3://b/p' is a URI, but the preferences job",
         ),
         (
             "record",
@@ -414,6 +470,112 @@ def test_record_then_adversarial_jobs(tmp_path, ray_session):
     assert files["checkpoint"] == str(tmp_path / "adv" / "checkpoint")
     net = serialize.load(files["reward_net"], device="cpu")
     assert isinstance(net, RewardNetFromDiscriminatorLogit)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"init_net": "no_net.pt"}, r"preferences\.init_net: .*no_net\.pt does not exist"),
+        (
+            {"preference_options": {"total_label": 5}},
+            r"preferences\.preference_options: \['total_label'\] are not options",
+        ),
+        (
+            {"gatherer_options": {"temp": 1.0}},
+            r"preferences\.gatherer_options: .*'temp'",
+        ),
+        ({"net": "CNNRewardNet"}, r"preferences\.net: CNNRewardNet for Pendulum-v1"),
+        (
+            {"preference_options": {"selection": "best"}},
+            r"preferences: with_preference_learning: selection must be one of",
+        ),
+        (
+            {"preference_options": {"mode": "sum"}},
+            r"preferences: ",
+        ),
+    ],
+)
+def test_preferences_job_refuses_what_cannot_run_before_training(
+    tmp_path, monkeypatch, change, match
+):
+    monkeypatch.setattr(jobs.rllib_runners, "train_algorithm", _no_training)
+    cfg = jobs.parse_config(
+        {"storage_path": "out", "preferences": {**PREF, **change}},
+        "preferences",
+        base_dir=str(tmp_path),
+    )
+    with pytest.raises(ValueError, match=match):
+        jobs.run_preferences(cfg)
+
+
+def test_preferences_job_shares_the_net_settings_of_the_adversarial_job():
+    cfg = jobs.parse_config(
+        {"storage_path": "/r", "preferences": {**PREF, "preference_options": {"seed": 3}}},
+        "preferences",
+    )
+    net = cfg.settings.net_config()
+    assert net.normalize_output and net.loss == "preference" and net.seed == 3
+    raw = jobs.parse_config(
+        {"storage_path": "/r", "preferences": {**PREF, "normalize_output": False}},
+        "preferences",
+    )
+    assert not raw.settings.net_config().normalize_output
+    saved = jobs.parse_config(
+        {"storage_path": "/r", "preferences": {**PREF, "config": {}, "init_net": "n.pt"}},
+        "preferences",
+        base_dir="/base",
+    )
+    assert saved.settings.init_net == "/base/n.pt"
+
+
+def test_preferences_job(tmp_path, ray_session):
+    """PPO on Pendulum for two iterations, a round of synthetic labels and retraining
+    after each; labels under <storage>/preferences, the checkpoint with the learned net.
+    """
+    from ray_rewards import reward_nets, serialize
+
+    path = _write(
+        tmp_path,
+        {
+            "storage_path": "prefs",
+            "preferences": {
+                "net_kwargs": {"hid_sizes": [8]},
+                "gatherer_options": {"seed": 0},
+                "iterations": 2,
+                "config": {
+                    "env": "Pendulum-v1",
+                    "num_env_runners": 0,
+                    "train_batch_size_per_learner": 200,
+                    "minibatch_size": 100,
+                    "num_epochs": 1,
+                    "seed": 0,
+                    "model_config": {"fcnet_hiddens": [8]},
+                },
+                "preference_options": {
+                    "total_labels": 20,
+                    "num_rounds": 1,
+                    "fragment_length": 10,
+                    "epochs": 1,
+                    "batch_size": 8,
+                },
+            },
+        },
+        name="preferences.yaml",
+    )
+    results = jobs.run_job(jobs.load_config(path, "preferences"))
+    assert json.loads((tmp_path / "prefs" / jobs.RESULTS_FILE).read_text())["job"] == "preferences"
+    history = results["history"]
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert [h["env_steps"] for h in history] == [200, 400]
+    assert 0 < history[0]["num_labels"] <= history[1]["num_labels"] <= 20
+    for entry in history:
+        assert 0.0 <= entry["train_accuracy"] <= 1.0
+    files = results["files"]
+    assert files["checkpoint"] == str(tmp_path / "prefs" / "checkpoint")
+    assert files["labels"] == str(tmp_path / "prefs" / "preferences" / "labels")
+    assert os.listdir(files["labels"])
+    net = serialize.load(files["reward_net"], device="cpu")
+    assert isinstance(net, reward_nets.NormalizedRewardNet)
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):

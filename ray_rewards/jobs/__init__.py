@@ -20,12 +20,16 @@ library's own function run on the cluster:
   (:func:`ray_rewards.rllib.record_demonstrations`).
 - ``adversarial``: GAIL/AIRL inside any RLlib algorithm, on such demonstrations
   (:func:`ray_rewards.rllib.with_adversarial_reward`).
+- ``preferences``: online preference comparisons inside any RLlib algorithm: the
+  reward net retrained on a gatherer's labels while the policy learns
+  (:func:`ray_rewards.rllib.with_preference_learning`).
 
 Config file (YAML or JSON): a mapping with ``storage_path`` (a local path or a URI
 that ``pyarrow.fs`` understands: ``s3://``, ``gs://``, ``abfs://``, ``hdfs://``) and
 one section named after the job, whose keys are the fields of that job's settings
 (``PipelineConfig``, ``TrainConfig``, :class:`RLlibJobConfig`,
-:class:`RelabelJobConfig`, :class:`RecordJobConfig`, :class:`AdversarialJobConfig`).
+:class:`RelabelJobConfig`, :class:`RecordJobConfig`, :class:`AdversarialJobConfig`,
+:class:`PreferencesJobConfig`).
 Unknown keys, missing keys, wrong types and a section for another job are errors
 that name the key, what was expected and what came.
 Relative local paths are resolved against the config file's directory (not the
@@ -35,9 +39,10 @@ Results: ``<storage_path>/results.json`` (the job, its settings, metrics, output
 files, timings and *placement*: which cluster nodes ran the driver and every task
 and actor of the job, from Ray's state API) is written last, atomically, so its
 presence means the job finished. Next to it: ``reward_net.pt`` (pipeline, train;
-relabel with ``update_stats``), ``checkpoint/`` (rllib, adversarial: RLlib's
-checkpoint with ``reward_net.pt`` inside), ``relabeled/`` (relabel: Parquet),
-``demonstrations/`` (record: Parquet).
+relabel with ``update_stats``), ``checkpoint/`` (rllib, adversarial,
+preferences: RLlib's checkpoint with ``reward_net.pt`` inside), ``preferences/``
+(preferences: the labels as Parquet, retraining files, the async gatherer's queue),
+``relabeled/`` (relabel: Parquet), ``demonstrations/`` (record: Parquet).
 
 Multi-node note: Ray Train checkpoints, the pipeline's Parquet data and reward
 file are read by tasks on other nodes, so those must live where every node sees
@@ -59,6 +64,7 @@ from ray_rewards.jobs.placement import work_placement
 from ray_rewards.jobs.rllib_runners import (
     algorithm_config,
     run_adversarial,
+    run_preferences,
     run_record,
     run_rllib,
     train_algorithm,
@@ -76,6 +82,7 @@ from ray_rewards.jobs.specs import (
     AdversarialJobConfig,
     JobConfig,
     JobSpec,
+    PreferencesJobConfig,
     RecordJobConfig,
     RelabelJobConfig,
     RLlibJobConfig,
@@ -93,6 +100,7 @@ __all__ = [
     "AdversarialJobConfig",
     "JobConfig",
     "JobSpec",
+    "PreferencesJobConfig",
     "RLlibJobConfig",
     "RLlibTraining",
     "RecordJobConfig",
@@ -104,6 +112,7 @@ __all__ = [
     "run_adversarial",
     "run_job",
     "run_pipeline",
+    "run_preferences",
     "run_record",
     "run_relabel",
     "run_rllib",

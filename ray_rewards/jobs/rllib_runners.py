@@ -1,6 +1,7 @@
 """The jobs that run RLlib algorithms: ``rllib`` (a saved reward net), ``adversarial``
-(GAIL/AIRL) and ``record`` (demonstrations from a checkpoint); the first two share
-:func:`algorithm_config` and the training loop :func:`train_algorithm`.
+(GAIL/AIRL), ``preferences`` (online preference comparisons) and ``record``
+(demonstrations from a checkpoint); the first three share :func:`algorithm_config`
+and the training loop :func:`train_algorithm`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ray_rewards.jobs.outputs import as_float, log, require_input, storage_join,
 from ray_rewards.jobs.specs import (
     AdversarialJobConfig,
     JobConfig,
+    PreferencesJobConfig,
     RecordJobConfig,
     RLlibJobConfig,
     RLlibTraining,
@@ -23,6 +25,8 @@ from ray_rewards.jobs.specs import (
 
 CHECKPOINT_DIR = "checkpoint"
 DEMONSTRATIONS_DIR = "demonstrations"
+PREFERENCES_DIR = "preferences"
+QUEUE_DIR = "queue"
 
 
 def algorithm_config(settings: RLlibTraining) -> Any:
@@ -129,23 +133,18 @@ def run_adversarial(cfg: JobConfig) -> dict[str, Any]:
     from ray_rewards.rllib import with_adversarial_reward
 
     settings: AdversarialJobConfig = cfg.settings
-    known = {
-        name
-        for name, p in inspect.signature(with_adversarial_reward).parameters.items()
-        if p.kind is p.KEYWORD_ONLY and name != "algo"
-    }
-    unknown = sorted(set(settings.adversarial_options) - known)
-    if unknown:
-        raise ValueError(
-            f"adversarial.adversarial_options: {unknown} are not options of "
-            f"with_adversarial_reward; known: {sorted(known)}"
-        )
+    _check_options(
+        "adversarial.adversarial_options",
+        settings.adversarial_options,
+        [with_adversarial_reward],
+        exclude=("algo",),
+    )
     require_input(
         "adversarial.demonstrations",
         settings.demonstrations,
         "Parquet transitions, e.g. the record job's demonstrations/",
     )
-    net = _discriminator(settings)
+    net = _reward_net(settings)
     base = algorithm_config(settings)
     try:
         config = with_adversarial_reward(
@@ -168,30 +167,101 @@ def run_adversarial(cfg: JobConfig) -> dict[str, Any]:
     return train_algorithm(config, settings, cfg.storage_path, disc_metrics)
 
 
-def _discriminator(settings: AdversarialJobConfig) -> Any:
-    """``init_net`` loaded, or ``net(**net_kwargs)`` for the env's spaces (seeded)."""
+def run_preferences(cfg: JobConfig) -> dict[str, Any]:
+    """Online preference comparisons: the net built for ``config.env``'s spaces (or
+    ``init_net``) is retrained on the gatherer's labels while the policy learns
+    (:func:`train_algorithm`; history adds ``num_labels`` and ``train_accuracy``).
+    Labels and retraining files go to ``<storage>/preferences`` (the async gatherer's
+    queue to ``<storage>/preferences/queue``), the checkpoint to ``<storage>/checkpoint``.
+
+    Settings that cannot run (unknown options, a missing ``init_net``, kwargs the net
+    or the gatherer refuses) fail with ValueError naming the key before the algorithm
+    is built.
+    """
+    from ray_rewards.preferences import AsyncGatherer, SyntheticGatherer
+    from ray_rewards.rllib import with_learned_reward, with_preference_learning
+
+    settings: PreferencesJobConfig = cfg.settings
+    _check_options(
+        "preferences.preference_options",
+        settings.preference_options,
+        [with_preference_learning, with_learned_reward],
+        exclude=("data_dir",),
+    )
+    data_dir = storage_join(cfg.storage_path, PREFERENCES_DIR)
+    files = {"labels": storage_join(data_dir, "labels")}
+    if settings.gatherer == "async":
+        files["queue"] = storage_join(data_dir, QUEUE_DIR)
+        gatherer: Any = AsyncGatherer(files["queue"])
+    else:
+        try:
+            gatherer = SyntheticGatherer(**settings.gatherer_options)
+        except TypeError as err:
+            raise ValueError(f"preferences.gatherer_options: {err}") from None
+    net = _reward_net(settings)
+    base = algorithm_config(settings)
+    try:
+        config = with_preference_learning(
+            base, net, gatherer, data_dir=data_dir, **settings.preference_options
+        )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"preferences: {err}") from None
+
+    def preference_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+        prefs = result.get("learned_reward", {}).get("preferences", {})
+        return {
+            "num_labels": prefs.get("num_labels"),
+            "train_accuracy": as_float(prefs.get("train_accuracy")),
+        }
+
+    out = train_algorithm(config, settings, cfg.storage_path, preference_metrics)
+    out["files"] = {**out["files"], **files}
+    return out
+
+
+def _check_options(
+    key: str, options: Mapping[str, Any], functions: list[Callable[..., Any]], exclude: tuple
+) -> None:
+    """Refuse ``options`` that are not keyword-only arguments of ``functions``."""
+    known = {
+        name
+        for fn in functions
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in exclude
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        names = " or ".join(fn.__name__ for fn in functions)
+        raise ValueError(f"{key}: {unknown} are not options of {names}; known: {sorted(known)}")
+
+
+def _reward_net(settings: AdversarialJobConfig | PreferencesJobConfig) -> Any:
+    """``init_net`` loaded, or ``net(**net_kwargs)`` for the env's spaces (seeded); errors
+    name keys under the job's section.
+    """
     from ray_rewards.train import build_net
 
+    section = settings.section
     net_config = settings.net_config()
     if settings.init_net is not None:
-        require_input("adversarial.init_net", settings.init_net, "a saved reward net")
+        require_input(f"{section}.init_net", settings.init_net, "a saved reward net")
         try:
             return build_net(net_config, None, None)
         except (OSError, TypeError, ValueError) as err:
-            raise ValueError(f"adversarial.init_net: {err}") from None
+            raise ValueError(f"{section}.init_net: {err}") from None
     import gymnasium as gym
 
     env_id = settings.config["env"]
     try:
         env = gym.make(env_id, **settings.config.get("env_config", None) or {})
     except gym.error.Error as err:
-        raise ValueError(f"adversarial.config.env: {env_id!r}: {err}") from None
+        raise ValueError(f"{section}.config.env: {env_id!r}: {err}") from None
     try:
         return build_net(net_config, env.observation_space, env.action_space)
     except TypeError as err:
-        raise ValueError(f"adversarial.net_kwargs: {settings.net} refused them: {err}") from None
+        raise ValueError(f"{section}.net_kwargs: {settings.net} refused them: {err}") from None
     except ValueError as err:
-        raise ValueError(f"adversarial.net: {settings.net} for {env_id}: {err}") from None
+        raise ValueError(f"{section}.net: {settings.net} for {env_id}: {err}") from None
     finally:
         env.close()
 

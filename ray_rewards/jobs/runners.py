@@ -1,6 +1,6 @@
 """Running the jobs: each runner is the library's own function on the connected cluster,
 and :func:`run_job` writes ``results.json`` when one finishes. The RLlib jobs' runners
-(rllib, adversarial, record) are in :mod:`ray_rewards.jobs.rllib_runners`.
+(rllib, adversarial, preferences, record) are in :mod:`ray_rewards.jobs.rllib_runners`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from typing import Any
 from ray_rewards import serialize, storage
 from ray_rewards.jobs.outputs import exists, log, storage_join, upload_dir
 from ray_rewards.jobs.placement import work_placement
-from ray_rewards.jobs.rllib_runners import run_adversarial, run_record, run_rllib
+from ray_rewards.jobs.rllib_runners import (
+    run_adversarial,
+    run_preferences,
+    run_record,
+    run_rllib,
+)
 from ray_rewards.jobs.specs import JobConfig, RelabelJobConfig
 
 RESULTS_FILE = "results.json"
@@ -98,6 +103,7 @@ RUNNERS: dict[str, Callable[[JobConfig], dict[str, Any]]] = {
     "relabel": run_relabel,
     "record": run_record,
     "adversarial": run_adversarial,
+    "preferences": run_preferences,
 }
 
 

@@ -19,7 +19,8 @@ from ray_rewards import storage
 
 @dataclass(kw_only=True)
 class RLlibTraining:
-    """What the jobs that train an RLlib algorithm share (``rllib``, ``adversarial``).
+    """What the jobs that train an RLlib algorithm share (``rllib``, ``adversarial``,
+    ``preferences``).
 
     Attributes:
         algorithm: a registered RLlib algorithm name (``PPO``, ``APPO``, ``SAC``...).
@@ -136,24 +137,115 @@ class AdversarialJobConfig(RLlibTraining):
         """The discriminator as reward training describes a net: a ``TrainConfig`` for
         ``ray_rewards.train.build_net`` (its checks name keys under ``adversarial.``).
         """
-        from ray_rewards.train import TrainConfig
+        return _net_config(
+            self,
+            train_data=self.demonstrations,
+            loss=self.algo,
+            seed=self.adversarial_options.get("seed", self.config.get("seed")),
+        )
 
-        seed = self.adversarial_options.get("seed", self.config.get("seed"))
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            seed = 0  # a bad seed is with_adversarial_reward's (or RLlib's) to report
-        try:
-            return TrainConfig(
-                train_data=self.demonstrations,
-                loss=self.algo,
-                env=self.config.get("env"),
-                net=self.net,
-                net_kwargs=self.net_kwargs,
-                init_net=self.init_net,
-                seed=seed,
+
+def _net_config(settings: Any, *, train_data: str, loss: str, seed: Any) -> Any:
+    """The net of a job that builds one (``net``, ``net_kwargs``, ``init_net``,
+    ``config.env`` and, where the job has it, ``normalize_output``) as a ``TrainConfig``
+    for ``ray_rewards.train.build_net``; its errors name keys under the job's section.
+    """
+    from ray_rewards.train import TrainConfig
+
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        seed = 0  # a bad seed is the job's function's (or RLlib's) to report
+    try:
+        return TrainConfig(
+            train_data=train_data,
+            loss=loss,
+            env=settings.config.get("env"),
+            net=settings.net,
+            net_kwargs=settings.net_kwargs,
+            normalize_output=getattr(settings, "normalize_output", False),
+            init_net=settings.init_net,
+            seed=seed,
+        )
+    except ValueError as err:
+        lines = str(err).splitlines()
+        raise ValueError("\n".join(f"{settings.section}.{line}" for line in lines)) from None
+
+
+GATHERERS = ("synthetic", "async")
+
+
+@dataclass(kw_only=True)
+class PreferencesJobConfig(RLlibTraining):
+    """Online preference comparisons inside an RLlib algorithm
+    (``with_preference_learning``), and the fields of :class:`RLlibTraining`.
+
+    Attributes:
+        net: the reward net's class in ``ray_rewards.reward_nets``, built for the
+            spaces of ``config.env`` (default ``BasicRewardNet``; ``selection: active``
+            needs a ``RewardEnsemble``).
+        net_kwargs: its keyword arguments, as ``train.net_kwargs`` takes them.
+        normalize_output: wrap the net in ``NormalizedRewardNet(RunningNorm)``.
+        init_net: start from this saved net (path or URI) instead of building one.
+        gatherer: who labels the queries: ``"synthetic"`` (from the env's reward,
+            ``SyntheticGatherer``) or ``"async"`` (``AsyncGatherer``: query files in
+            ``<storage_path>/preferences/queue`` that people or another process answer).
+        gatherer_options: ``SyntheticGatherer``'s keyword arguments (``temperature``,
+            ``discount_factor``, ``sample``, ``threshold``, ``seed``).
+        preference_options: the keyword arguments of ``with_preference_learning``
+            (``total_labels``, ``num_rounds``, ``every``, ``fragment_length``,
+            ``selection``, ``epochs``, ``seed``..., and ``with_learned_reward``'s);
+            unknown ones are refused when the job starts. ``data_dir`` is the job's:
+            ``<storage_path>/preferences`` (labels, retraining files, the queue).
+
+    ``storage_path`` must be a local path (on several nodes, a shared filesystem): the
+    labels are written by the driver as files.
+    """
+
+    section: ClassVar[str] = "preferences"
+
+    net: str = "BasicRewardNet"
+    net_kwargs: dict[str, Any] = field(default_factory=dict)
+    normalize_output: bool = True
+    init_net: str | None = field(default=None, metadata=config.PATH_FIELD)
+    gatherer: str = "synthetic"
+    gatherer_options: dict[str, Any] = field(default_factory=dict)
+    preference_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gatherer not in GATHERERS:
+            raise ValueError(
+                f"preferences.gatherer: expected one of {list(GATHERERS)}, got {self.gatherer!r}"
             )
-        except ValueError as err:
-            lines = str(err).splitlines()
-            raise ValueError("\n".join(f"adversarial.{line}" for line in lines)) from None
+        if self.gatherer == "async" and self.gatherer_options:
+            raise ValueError(
+                "preferences.gatherer_options: the async gatherer takes none (its queue is "
+                f"<storage_path>/preferences/queue), got {sorted(self.gatherer_options)}"
+            )
+        for name in ("data_dir", "gatherer"):
+            if name in self.preference_options:
+                where = "storage_path" if name == "data_dir" else "preferences.gatherer"
+                raise ValueError(
+                    f"preferences.preference_options.{name}: set by the job (from {where})"
+                )
+        if self.init_net is not None:
+            return  # the saved net is checked when the job loads it
+        if not isinstance(self.config.get("env"), str):
+            raise ValueError(
+                "preferences.config.env: required, a gymnasium id (the net is built for its "
+                f"spaces) unless init_net is given; got {self.config.get('env')!r}"
+            )
+        self.net_config()
+
+    def net_config(self) -> Any:
+        """The reward net as reward training describes it (a ``TrainConfig`` for
+        ``ray_rewards.train.build_net``; its checks name keys under ``preferences.``).
+        """
+        return _net_config(
+            self,
+            train_data="labels",  # the labels the job gathers (not read from here)
+            loss="preference",
+            seed=self.preference_options.get("seed", self.config.get("seed")),
+        )
 
 
 @dataclass
@@ -264,6 +356,15 @@ def _check_pipeline(cfg: JobConfig, where: str) -> None:
         )
 
 
+def _check_preferences(cfg: JobConfig, where: str) -> None:
+    if storage.is_uri(cfg.storage_path):
+        raise ValueError(
+            f"{where}: storage_path {cfg.storage_path!r} is a URI, but the preferences job "
+            "writes its labels (and the async gatherer's queue) as local files: give a path "
+            "(on several nodes, a shared filesystem such as /mnt/shared)"
+        )
+
+
 def _check_train(cfg: JobConfig, where: str) -> None:
     for name in ("train_data", "eval_data"):
         value = getattr(cfg.settings, name)
@@ -283,6 +384,7 @@ JOBS: dict[str, JobSpec] = {
     "relabel": JobSpec(lambda: RelabelJobConfig),
     "record": JobSpec(lambda: RecordJobConfig),
     "adversarial": JobSpec(lambda: AdversarialJobConfig),
+    "preferences": JobSpec(lambda: PreferencesJobConfig, check=_check_preferences),
 }
 
 
