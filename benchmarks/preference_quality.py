@@ -122,6 +122,11 @@ def quality(seeds: int, budgets: list[int], timesteps: int, out: str) -> None:
                     seed, timesteps, "online", labels, selection
                 )
     results = dict(zip(jobs, ray.get(list(jobs.values()))))
+    for (kind, labels, seed), r in sorted(results.items()):
+        print(
+            f"{kind:<9} labels {labels:>5} seed {seed}: greedy return {r['return']:8.1f}, "
+            f"random {r['random']:8.1f}, {r['seconds']:5.0f} s"
+        )
     rows = {}
     for (kind, labels, seed), r in results.items():
         if kind == "true":
