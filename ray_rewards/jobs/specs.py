@@ -117,11 +117,6 @@ class AdversarialJobConfig(RLlibTraining):
             raise ValueError("adversarial.adversarial_options.algo: set it as adversarial.algo")
         if self.init_net is not None:
             return  # the saved net is checked when the job loads it
-        if not isinstance(self.config.get("env"), str):
-            raise ValueError(
-                "adversarial.config.env: required, a gymnasium id (the net is built for its "
-                f"spaces) unless init_net is given; got {self.config.get('env')!r}"
-            )
         self.net_config()
         from ray_rewards import reward_nets
 
@@ -152,6 +147,11 @@ def _net_config(settings: Any, *, train_data: str, loss: str, seed: Any) -> Any:
     """
     from ray_rewards.train import TrainConfig
 
+    if settings.init_net is None and not isinstance(settings.config.get("env"), str):
+        raise ValueError(
+            f"{settings.section}.config.env: required, a gymnasium id (the net is built for "
+            f"its spaces) unless init_net is given; got {settings.config.get('env')!r}"
+        )
     if not isinstance(seed, int) or isinstance(seed, bool):
         seed = 0  # a bad seed is the job's function's (or RLlib's) to report
     try:
@@ -229,11 +229,6 @@ class PreferencesJobConfig(RLlibTraining):
                 )
         if self.init_net is not None:
             return  # the saved net is checked when the job loads it
-        if not isinstance(self.config.get("env"), str):
-            raise ValueError(
-                "preferences.config.env: required, a gymnasium id (the net is built for its "
-                f"spaces) unless init_net is given; got {self.config.get('env')!r}"
-            )
         self.net_config()
 
     def net_config(self) -> Any:

@@ -35,9 +35,13 @@ logger = logging.getLogger("ray_rewards.train.trainer")
 
 
 def build_net(
-    cfg: TrainConfig, observation_space: spaces.Space, action_space: spaces.Space
+    cfg: TrainConfig,
+    observation_space: spaces.Space | None,
+    action_space: spaces.Space | None,
 ) -> reward_nets.RewardNet:
-    """The config's initial net: ``init_net`` loaded, or ``net(**net_kwargs)`` seeded."""
+    """The config's initial net: ``init_net`` loaded (the spaces are then its own and may
+    be None), or ``net(**net_kwargs)`` for the spaces, seeded.
+    """
     if cfg.init_net is not None:
         return serialize.load(cfg.init_net, device="cpu")
     kwargs = dict(cfg.net_kwargs)

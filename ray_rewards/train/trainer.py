@@ -203,8 +203,9 @@ def build_trainer(cfg: TrainConfig) -> Any:
     datasets = {"train": schemas.read_parquet(cfg.train_data, columns)}
     if cfg.eval_data:
         datasets["eval"] = schemas.read_parquet(cfg.eval_data, columns)
-    obs_space, act_space = _spaces(cfg)
-    net = build_net(cfg, obs_space, act_space)
+    # build_net loads init_net itself: its spaces come from the loaded net.
+    net = build_net(cfg, *((None, None) if cfg.init_net else env_spaces(cfg.env)))
+    obs_space, act_space = net.observation_space, net.action_space
     if cfg.num_workers > 1:
         networks.require_mergeable(net, f"num_workers={cfg.num_workers}", ValueError)
     return TorchTrainer(
