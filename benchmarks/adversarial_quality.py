@@ -33,7 +33,7 @@ Decisions:
 
 - PPO settings per env, the same for the expert and the generator: CartPole-v1 with
   2000-step batches (500-step minibatches, 10 epochs, lr 3e-4, 8 envs); Pendulum-v1
-  with :func:`ray_rewards.train.pipeline.ppo_config` (its learning rate decays over
+  with :func:`ray_rewards.train.ppo_runs.ppo_config` (its learning rate decays over
   the run's step budget). The discriminators are the library's defaults:
   ``BasicRewardNet`` (GAIL) and ``BasicShapedRewardNet`` (AIRL), the latter's
   shaping discounted with the generator's gamma; ``with_adversarial_reward``'s
@@ -79,7 +79,7 @@ os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
-from ray_rewards.train import pipeline  # noqa: E402
+from ray_rewards.train import ppo_runs  # noqa: E402
 
 ENVS = ("CartPole-v1", "Pendulum-v1")
 ALGOS = ("gail", "airl")
@@ -134,7 +134,7 @@ def _quiet_task() -> None:
 def ppo_config(env: str, seed: int, timesteps: int) -> Any:
     """The PPO config of the expert and the generator on ``env`` (all in-process)."""
     if env == "Pendulum-v1":
-        return pipeline.ppo_config(env, seed, timesteps, num_env_runners=0)
+        return ppo_runs.ppo_config(env, seed, timesteps, num_env_runners=0)
     from ray.rllib.algorithms.ppo import PPOConfig
 
     return (
@@ -387,7 +387,7 @@ def adversarial_task(
         "seconds": run["seconds"],
         "early_stop": run["early_stop"],
         "return": final,
-        "normalized": pipeline.normalized_score(
+        "normalized": ppo_runs.normalized_score(
             final, expert["random_return"], expert["expert_return"]
         ),
         "pearson": pearson,

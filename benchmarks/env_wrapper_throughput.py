@@ -24,7 +24,7 @@ import torch as th
 from ray_rewards.networks import RunningNorm
 from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 from ray_rewards.reward_wrapper import RewardVecEnvWrapper
-from ray_rewards.util import make_vec_env
+from ray_rewards.util import make_gym_vec_env
 
 ENV, N_ENVS, TARGET = "Pendulum-v1", 8, 0.5
 
@@ -47,13 +47,15 @@ def main() -> None:
     th.set_num_threads(1)  # a batch of 8 gains nothing from intra-op threads
 
     rng = np.random.default_rng(0)
-    plain = make_vec_env(ENV, n_envs=N_ENVS, rng=rng)
+    plain = make_gym_vec_env(ENV, n_envs=N_ENVS, rng=rng)
     net = NormalizedRewardNet(
         BasicRewardNet(plain.single_observation_space, plain.single_action_space), RunningNorm
     )
-    wrapped = RewardVecEnvWrapper(make_vec_env(ENV, n_envs=N_ENVS, rng=rng), net.predict_processed)
+    wrapped = RewardVecEnvWrapper(
+        make_gym_vec_env(ENV, n_envs=N_ENVS, rng=rng), net.predict_processed
+    )
     zeros = RewardVecEnvWrapper(
-        make_vec_env(ENV, n_envs=N_ENVS, rng=rng), lambda obs, *_: np.zeros(len(obs))
+        make_gym_vec_env(ENV, n_envs=N_ENVS, rng=rng), lambda obs, *_: np.zeros(len(obs))
     )
     actions = np.stack([plain.action_space.sample() for _ in range(args.steps)])
 

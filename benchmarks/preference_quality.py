@@ -13,11 +13,13 @@ Two measurements, each its own mode:
   (target at 500 labels, uniform: mean >= 0.9, worst seed >= 0.8) and, with
   matplotlib, saves ``preference_quality.png`` (normalized return vs labels).
 
-PPO is the pipeline's (``ray_rewards.train.pipeline.ppo_config``), with the same
-budget as the offline pipeline (100k env steps) unless ``--timesteps`` says otherwise.
+PPO and the preference-learning settings are ``ray-rewards pipeline --online``'s
+(``ray_rewards.train.online_pipeline.preference_ppo_config``), with the same budget as
+the offline pipeline (100k env steps) unless ``--timesteps`` says otherwise.
 
-    python benchmarks/preference_quality.py --timing [--timesteps 40000]
-    python benchmarks/preference_quality.py [--seeds 3] [--labels 100 200 500 1000]
+    python benchmarks/preference_quality.py --timing [--timesteps 40000] [--pairs 2]
+    python benchmarks/preference_quality.py [--seeds 3] [--labels 50 100 200 500]
+    python benchmarks/preference_quality.py --replot DIR   # the plot again, from DIR's JSON
 """
 
 from __future__ import annotations
@@ -30,60 +32,36 @@ import sys
 import tempfile
 import time
 
-import gymnasium as gym
 import numpy as np
 
 ENV = "Pendulum-v1"
-
-
-def make_net(active: bool):
-    """The reward net learned from preferences (an ensemble for active selection)."""
-    from ray_rewards.networks import RunningNorm
-    from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet, RewardEnsemble
-
-    env = gym.make(ENV)
-    spaces = (env.observation_space, env.action_space)
-    if active:
-        base = RewardEnsemble(
-            *spaces, [BasicRewardNet(*spaces, hid_sizes=(64, 64)) for _ in range(3)]
-        )
-    else:
-        base = BasicRewardNet(*spaces, hid_sizes=(64, 64))
-    return NormalizedRewardNet(base, RunningNorm)
 
 
 def ppo_run(
     seed: int, timesteps: int, mode: str, labels: int = 500, selection: str = "uniform"
 ) -> dict:
     """One PPO run: ``mode`` is ``true``, ``fixed`` (an untrained net, frozen) or
-    ``online`` (preference learning); returns its wall time and greedy return.
+    ``online`` (preference learning, as ``ray-rewards pipeline --online`` runs it);
+    returns its wall time and greedy return.
     """
-    from ray_rewards.rllib import with_learned_reward, with_preference_learning
-    from ray_rewards.train import pipeline
+    from ray_rewards.rllib import with_learned_reward
+    from ray_rewards.train import online_pipeline, ppo_runs
 
     # One env-runner actor beside the learner, as the pipeline's RL stage runs (with
     # the local env runner alone, true-reward PPO reached only -1040 in 100k steps).
-    config = pipeline.ppo_config(ENV, seed, timesteps, num_env_runners=1)
+    if mode == "online":
+        config = online_pipeline.preference_ppo_config(ENV, seed, timesteps, labels, selection)
+    else:
+        config = ppo_runs.ppo_config(ENV, seed, timesteps, num_env_runners=1)
     if mode == "fixed":
-        config = with_learned_reward(config, make_net(False))
-    elif mode == "online":
-        iterations = max(2, timesteps // config.train_batch_size_per_learner)
-        config = with_preference_learning(
-            config,
-            make_net(selection == "active"),
-            total_labels=labels,
-            num_rounds=max(1, iterations // 2 - 1),
-            fragment_length=25,
-            selection=selection,
-            seed=seed,
-        )
+        config = with_learned_reward(config, online_pipeline.preference_net(ENV))
     algo = config.build_algo()
     try:
         t0 = time.perf_counter()
-        pipeline._train_until(algo, timesteps, f"{mode} seed {seed}")
+        ppo_runs.train_until(algo, timesteps, f"{mode} seed {seed}")
         seconds = time.perf_counter() - t0
-        final = pipeline.evaluate(algo, 32)
-        random_return = pipeline.evaluate(algo, 32, random_actions=True)
+        final = ppo_runs.evaluate(algo, 32)
+        random_return = ppo_runs.evaluate(algo, 32, random_actions=True)
     finally:
         algo.stop()
     return {"seconds": seconds, "return": final, "random": random_return}
@@ -102,12 +80,20 @@ def whole_process(mode: str, timesteps: int) -> float:
     return time.perf_counter() - t0
 
 
-def timing(timesteps: int) -> None:
-    fixed = whole_process("fixed", timesteps)
-    online = whole_process("online", timesteps)
-    print(f"PPO {timesteps} env steps on a fixed reward, whole process: {fixed:6.1f} s")
-    print(f"the same with preference learning (500 labels):            {online:6.1f} s")
-    print(f"online / fixed = {online / fixed:.2f} (target <= 1.3)")
+def timing(timesteps: int, pairs: int) -> None:
+    """``pairs`` interleaved pairs of whole runs (order alternating); the median ratio."""
+    ratios = []
+    for i in range(pairs):
+        order = ("fixed", "online") if i % 2 == 0 else ("online", "fixed")
+        seconds = {mode: whole_process(mode, timesteps) for mode in order}
+        ratios.append(seconds["online"] / seconds["fixed"])
+        print(
+            f"pair {i + 1}: PPO {timesteps} env steps, whole process: fixed reward "
+            f"{seconds['fixed']:6.1f} s, preference learning (500 labels) "
+            f"{seconds['online']:6.1f} s, online / fixed {ratios[-1]:.2f}",
+            flush=True,
+        )
+    print(f"online / fixed, median of {pairs}: {np.median(ratios):.2f} (target <= 1.3)")
 
 
 def quality(seeds: int, budgets: list[int], timesteps: int, out: str) -> None:
@@ -148,6 +134,13 @@ def quality(seeds: int, budgets: list[int], timesteps: int, out: str) -> None:
         )
     with open(os.path.join(out, "preference_quality.json"), "w") as f:
         json.dump({f"{k}_{n}": v for (k, n), v in rows.items()}, f)
+    plot(rows, out, timesteps)
+
+
+def plot(rows: dict[tuple[str, int], list[float]], out: str, timesteps: int) -> None:
+    """``preference_quality.png``: normalized return vs labels, the mean of the seeds as
+    a line and each seed as a dot, per selection (needs matplotlib).
+    """
     try:
         import matplotlib
 
@@ -156,14 +149,25 @@ def quality(seeds: int, budgets: list[int], timesteps: int, out: str) -> None:
     except ImportError:
         print("(no matplotlib: no plot; pip install -e '.[plot]')")
         return
-    for kind in ("uniform", "active"):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, color in (("uniform", "tab:blue"), ("active", "tab:orange")):
         xs = [n for (k, n) in sorted(rows) if k == kind]
-        plt.plot(xs, [np.mean(rows[(kind, n)]) for n in xs], marker="o", label=kind)
-    plt.xlabel("labels")
-    plt.ylabel("normalized return")
-    plt.legend()
+        ax.plot(xs, [np.mean(rows[(kind, n)]) for n in xs], "o-", color=color, label=kind)
+        for n in xs:
+            ax.scatter([n] * len(rows[(kind, n)]), rows[(kind, n)], color=color, alpha=0.3, s=15)
+    seeds = max(len(v) for v in rows.values())
+    ax.set_xscale("log")
+    budgets = sorted({n for _, n in rows})
+    ax.set_xticks(budgets, [str(n) for n in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("synthetic labels")
+    ax.set_ylabel("normalized return (random 0, PPO on true reward 1)")
+    ax.set_title(f"Pendulum-v1, PPO {timesteps} env steps: mean of {seeds} seeds (dots)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     path = os.path.join(out, "preference_quality.png")
-    plt.savefig(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     print(f"plot: {path}")
 
 
@@ -171,12 +175,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--timing", action="store_true", help="online vs fixed-reward wall time")
     p.add_argument("--timesteps", type=int, default=100_000)
+    p.add_argument("--pairs", type=int, default=2, help="--timing: interleaved run pairs")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--labels", type=int, nargs="+", default=[100, 200, 500, 1000])
+    p.add_argument("--labels", type=int, nargs="+", default=[50, 100, 200, 500])
     p.add_argument("--output-dir", default=None)
+    p.add_argument(
+        "--replot", metavar="DIR", help="redraw the plot from DIR/preference_quality.json"
+    )
     args = p.parse_args()
+    if args.replot:
+        with open(os.path.join(args.replot, "preference_quality.json")) as f:
+            saved = json.load(f)
+        rows = {(k.rsplit("_", 1)[0], int(k.rsplit("_", 1)[1])): v for k, v in saved.items()}
+        plot(rows, args.replot, args.timesteps)
+        return
     if args.timing:
-        timing(args.timesteps)
+        timing(args.timesteps, args.pairs)
         return
     quality(args.seeds, args.labels, args.timesteps, args.output_dir or tempfile.mkdtemp())
 

@@ -63,7 +63,7 @@ def main(steps: int, seed: int) -> None:
     from ray_rewards.reward_nets import BasicRewardNet
     from ray_rewards.reward_wrapper import RewardVecEnvWrapper
 
-    base_venv = util.make_vec_env("Pendulum-v1", n_envs=3, rng=rng)
+    base_venv = util.make_gym_vec_env("Pendulum-v1", n_envs=3, rng=rng)
     obs_space, action_space = base_venv.single_observation_space, base_venv.single_action_space
     reward_net = BasicRewardNet(obs_space, action_space)
     venv = RewardVecEnvWrapper(base_venv, reward_net.predict_processed)

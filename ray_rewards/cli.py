@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import pickle
 from collections.abc import Iterator
+from typing import Any
 
 import click
 
-from ray_rewards import __version__, jobs, serialize
+from ray_rewards import __version__, imitation_files, jobs, serialize
 from ray_rewards._supervise import run_supervised
 
 _USER_ERRORS = (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError)
@@ -50,6 +51,27 @@ def inspect_net(path: str) -> None:
     with _reported("inspect"):
         net = serialize.load(path, device="cpu")
     click.echo(serialize.describe(net).format())
+
+
+@main.command("import-imitation")
+@click.argument("input_path", metavar="IN")
+@click.argument("output_path", metavar="OUT")
+def import_imitation(input_path: str, output_path: str) -> None:
+    """Convert the reward net the imitation library saved at IN (``th.save`` of an
+    imitation RewardNet) into ray_rewards' format at OUT (each a local path or URI).
+
+    imitation need not be installed, and nothing from IN is run: only imitation's
+    reward-net classes, torch layers and gymnasium spaces are recognized, anything else
+    is refused. OUT is written atomically. Prints the converted net in one line.
+    """
+    with _reported("import"):
+        net = imitation_files.load_imitation(input_path, device="cpu")
+        serialize.save(net, output_path)
+    d = serialize.describe(net)
+    click.echo(
+        f"saved {output_path}: {d.chain}, observation space {d.observation_space}, action "
+        f"space {d.action_space}, {d.num_parameters:,} parameters"
+    )
 
 
 @main.command("relabel")
@@ -231,14 +253,42 @@ def train_reward(config_path: str, address: str | None, fresh: bool) -> None:
 @click.option("--num-pairs", default=None, type=int, help="Training preference pairs.")
 @click.option("--epochs", default=None, type=int, help="Reward-training epochs.")
 @click.option("--num-workers", default=None, type=int, help="Reward-training workers.")
-def pipeline(output_dir: str | None, seed: int, **sizes: int | None) -> None:
+@click.option(
+    "--online",
+    is_flag=True,
+    help="Learn the reward inside the PPO run from preferences on its own fragments.",
+)
+@click.option("--num-labels", default=None, type=int, help="--online: the label budget (500).")
+@click.option(
+    "--selection",
+    default=None,
+    type=click.Choice(["uniform", "active"]),
+    help="--online: pairs at random, or where a 3-net ensemble disagrees (uniform).",
+)
+def pipeline(
+    output_dir: str | None, seed: int, online: bool, selection: str | None, **sizes: int | None
+) -> None:
     """The main job: rollouts -> synthetic preferences -> reward net (Ray Train) -> PPO on
     the learned reward vs PPO on the true reward (Pendulum-v1), summary and plot.
+
+    With --online, PPO learns its reward while it trains (with_preference_learning):
+    rounds of synthetic labels on its own fragments, the net retrained after each.
     """
     from ray_rewards.train import pipeline as pipeline_module
 
-    overrides = {k: v for k, v in sizes.items() if v is not None}
-    cfg = pipeline_module.PipelineConfig(output_dir=output_dir, seed=seed, **overrides)
+    overrides: dict[str, Any] = {k: v for k, v in sizes.items() if v is not None}
+    if selection is not None:
+        overrides["selection"] = selection
+    given = sorted("--" + k.replace("_", "-") for k in overrides)
+    offline_only = [o for o in given if o in ("--num-pairs", "--epochs", "--num-workers")]
+    online_only = [o for o in given if o in ("--num-labels", "--selection")]
+    if online and offline_only:
+        raise click.UsageError(f"{', '.join(offline_only)}: the offline pipeline's; not --online")
+    if not online and online_only:
+        raise click.UsageError(f"{', '.join(online_only)}: only with --online")
+    cfg = pipeline_module.PipelineConfig(
+        output_dir=output_dir, seed=seed, online=online, **overrides
+    )
     pipeline_module.run(cfg)
 
 

@@ -378,6 +378,24 @@ def _on_cpu(location: str | th.device | None) -> bool:
     return location is not None and th.device(location).type == "cpu"
 
 
+def _from_imitation(
+    data: str | bytes, location: str | th.device | None, source: str
+) -> reward_nets.RewardNet | None:
+    """The ray_rewards equivalent of a file imitation's ``th.save(net)`` wrote (which
+    torch's safe loader refuses: it pickles whole modules), or None for any other file.
+    Converted without running code from it (:mod:`ray_rewards.imitation_files`).
+    """
+    from ray_rewards import imitation_files  # never imports this module: no cycle
+
+    raw = data if isinstance(data, bytes) else storage.read_bytes(data)
+    if not imitation_files.is_imitation_file(raw):
+        return None
+    try:
+        return imitation_files.load_imitation_bytes(raw, str(location or "cpu"), source=source)
+    except imitation_files.UnsafeImitationFileError as unsafe:
+        raise UnsafeRewardFileError(str(unsafe)) from None
+
+
 def _load(
     file: str | io.BytesIO,
     data: str | bytes,
@@ -393,7 +411,9 @@ def _load(
         _check_crcs(data)
         obj = th.load(file, map_location=location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        raise _refusal(source, data, err) from err
+        obj = _from_imitation(data, location, source)
+        if obj is None:
+            raise _refusal(source, data, err) from err
     except Exception as err:  # noqa: BLE001 - any other unpickling failure: a bad file
         raise _corrupt(source, err) from err
     if not isinstance(obj, reward_nets.RewardNet):
@@ -407,17 +427,38 @@ def _load(
     return obj
 
 
-def _expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """The parameter and buffer shapes a layer's own attributes say it has."""
+_Spec = tuple[tuple[int, ...], th.dtype | None, bool]
+"""What a tensor of a layer must be: shape, dtype (None: any), required."""
+
+
+def _expected_tensors(module: nn.Module) -> dict[str, _Spec]:
+    """The parameters and buffers a layer's own attributes say it has.
+
+    Normalization statistics must be present with the buffers' dtypes (float64
+    statistics of older files were cast to float32 as they loaded, by
+    ``BaseNorm.__setstate__``): a file cannot make ``count`` a float or the mean a
+    complex number.
+    """
     if isinstance(module, nn.Linear):
-        return {"weight": (module.out_features, module.in_features), "bias": (module.out_features,)}
+        return {
+            "weight": ((module.out_features, module.in_features), None, True),
+            "bias": ((module.out_features,), None, False),
+        }
     if isinstance(module, nn.Conv2d):
         kernel = (module.out_channels, module.in_channels // module.groups, *module.kernel_size)
-        return {"weight": kernel, "bias": (module.out_channels,)}
-    if isinstance(module, networks.BaseNorm):
-        n = module.num_features
-        return {"running_mean": (n,), "running_var": (n,), "count": ()}
-    return {}
+        return {"weight": (kernel, None, True), "bias": ((module.out_channels,), None, False)}
+    if not isinstance(module, networks.BaseNorm):
+        return {}
+    # dtypes from the class, never from the instance's attributes (the file sets those).
+    n, stats, count = module.num_features, type(module).STATS_DTYPE, type(module).COUNT_DTYPE
+    specs: dict[str, _Spec] = {
+        "running_mean": ((n,), stats, True),
+        "running_var": ((n,), stats, True),
+        "count": ((), count, True),
+    }
+    if isinstance(module, networks.EMANorm):
+        specs.update(inv_learning_rate=((), stats, True), num_batches=((), count, True))
+    return specs
 
 
 # The child modules each library class makes, by exact class. A file that gives one of
@@ -474,7 +515,8 @@ def _layer_widths(seq: nn.Sequential, width: int | None) -> str | None:
 
 def _check_structure(net: nn.Module, source: str) -> None:
     """ValueError unless every library module holds the children its class makes, dense
-    layers chain, and every layer's tensors have the shapes its attributes record.
+    layers chain, and every layer's tensors have the shapes (and normalization
+    statistics the dtypes) its attributes record.
 
     A file can pair a small layer description with other tensors, or carry layers the
     net never runs; such a file is refused on load, before the net is used or re-saved.
@@ -496,10 +538,21 @@ def _check_structure(net: nn.Module, source: str) -> None:
             if problem:
                 raise ValueError(f"{where}: {problem}; the file does not match its architecture")
         tensors = {**module._parameters, **module._buffers}
-        for attr, shape in _expected_shapes(module).items():
+        for attr, (shape, dtype, required) in _expected_tensors(module).items():
             tensor = tensors.get(attr)
-            if tensor is not None and tuple(tensor.shape) != shape:
+            if tensor is None:
+                if required:
+                    raise ValueError(
+                        f"{where} has no {attr}; the file does not match its recorded architecture"
+                    )
+                continue
+            if tuple(tensor.shape) != shape:
                 raise ValueError(
                     f"{where} records {attr} of shape {shape} but holds "
                     f"{tuple(tensor.shape)}; the file does not match its recorded architecture"
+                )
+            if dtype is not None and tensor.dtype != dtype:
+                raise ValueError(
+                    f"{where} holds {attr} of dtype {tensor.dtype} where the layer keeps "
+                    f"{dtype}; the file does not match its recorded architecture"
                 )

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -70,6 +71,13 @@ class training(contextlib.AbstractContextManager):  # noqa: N801 (reads as a fun
 def evaluating(module: nn.Module, *, skip_mode_free: bool = False) -> training:
     """Put ``module`` in evaluation mode inside the ``with`` block, then restore its mode."""
     return training(module, mode=False, skip_mode_free=skip_mode_free)
+
+
+def training_mode(module: nn.Module, mode: bool = False) -> training:
+    """``training(module, mode)`` under imitation's name; as there, ``mode`` defaults
+    to False (evaluation).
+    """
+    return training(module, mode=mode)
 
 
 def walk_modules(module: nn.Module) -> list[nn.Module]:
@@ -149,17 +157,23 @@ MODE_FREE_MODULES.add(SqueezeLayer)
 class BaseNorm(nn.Module, abc.ABC):
     """Normalize features with running statistics.
 
-    Buffers (all in ``state_dict``): ``running_mean`` and ``running_var`` (float64,
-    shape ``(num_features,)``), ``count`` (int64 scalar). Statistics are kept in
-    float64 so that merging millions of samples from many workers stays exact;
-    ``forward`` computes in the input's dtype. In training mode ``forward`` first
-    updates the statistics with the batch, then normalizes; in eval mode it only
-    normalizes.
+    Buffers (all in ``state_dict``): ``running_mean`` and ``running_var`` (float32,
+    shape ``(num_features,)``, as imitation's, so state dicts and dtype checks carry
+    over) and ``count`` (int64 scalar: imitation's int32 wraps after 2**31 samples).
+    Updates and merges are computed in float64 and rounded once into the float32
+    buffers (:meth:`moments` / :meth:`_write`); ``forward`` computes in the input's
+    dtype. In training mode ``forward`` first updates the statistics with the
+    batch, then normalizes; in eval mode it only normalizes.
     """
 
     running_mean: th.Tensor
     running_var: th.Tensor
     count: th.Tensor
+
+    STATS_DTYPE = th.float32
+    """dtype of ``running_mean`` and ``running_var``."""
+    COUNT_DTYPE = th.int64
+    """dtype of ``count``."""
 
     def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__()
@@ -167,10 +181,10 @@ class BaseNorm(nn.Module, abc.ABC):
             raise ValueError(f"num_features must be >= 1, got {num_features}")
         self.num_features = num_features
         self.eps = eps
-        self.register_buffer("running_mean", th.empty(num_features, dtype=th.float64))
-        self.register_buffer("running_var", th.empty(num_features, dtype=th.float64))
-        self.register_buffer("count", th.empty((), dtype=th.int64))
-        self.reset_running_stats()
+        self.register_buffer("running_mean", th.empty(num_features, dtype=self.STATS_DTYPE))
+        self.register_buffer("running_var", th.empty(num_features, dtype=self.STATS_DTYPE))
+        self.register_buffer("count", th.empty((), dtype=self.COUNT_DTYPE))
+        BaseNorm.reset_running_stats(self)
 
     def reset_running_stats(self) -> None:
         """Forget everything: mean 0, variance 1, count 0."""
@@ -178,14 +192,25 @@ class BaseNorm(nn.Module, abc.ABC):
         self.running_var.fill_(1)
         self.count.zero_()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled layer; float64 statistics (files written before the buffers
+        became float32) are cast to float32. Other dtypes are left for the file
+        format's checks to refuse.
+        """
+        super().__setstate__(state)
+        bufs = self._buffers
+        for name in ("running_mean", "running_var"):
+            if isinstance(bufs.get(name), th.Tensor) and bufs[name].dtype == th.float64:
+                bufs[name] = bufs[name].to(type(self).STATS_DTYPE)
+
     def forward(self, x: th.Tensor) -> th.Tensor:
         """Normalize ``x`` of shape ``(B, num_features)`` (or ``(B,)`` when num_features=1)."""
         if self.training:
             with th.no_grad():
                 self.update_stats(x)
-        mean = self.running_mean.to(x.dtype)
-        inv_std = th.rsqrt(self.running_var + self.eps).to(x.dtype)
-        return (x - mean) * inv_std
+        # In the input's dtype, as imitation's ``(x - mean) / sqrt(var + eps)``.
+        mean, var = self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
+        return (x - mean) / th.sqrt(var + self.eps)
 
     def _check_batch(self, batch: th.Tensor | np.ndarray) -> th.Tensor | np.ndarray:
         if batch.ndim == 1 and self.num_features == 1:
@@ -225,15 +250,24 @@ class BaseNorm(nn.Module, abc.ABC):
         )
 
     def moments(self) -> Moments:
-        """The statistics as float64 numpy :class:`~ray_rewards.stats.Moments`."""
+        """The statistics as float64 numpy :class:`~ray_rewards.stats.Moments` (a copy)."""
         return Moments(
             self.count.item(),
-            self.running_mean.numpy(force=True).copy(),
-            self.running_var.numpy(force=True).copy(),
+            self.running_mean.numpy(force=True).astype(np.float64),
+            self.running_var.numpy(force=True).astype(np.float64),
         )
 
+    def stored(self, moments: Moments) -> Moments:
+        """``moments`` as the buffers hold them once written: mean and var rounded to
+        float32 (what :meth:`moments` reads back after :meth:`_write`).
+        """
+        np_dtype = th.empty(0, dtype=self.STATS_DTYPE).numpy().dtype
+        return Moments(moments.count, moments.mean.astype(np_dtype), moments.var.astype(np_dtype))
+
     def _write(self, moments: Moments) -> None:
-        """Overwrite the buffers; through numpy views on CPU (several times cheaper)."""
+        """Overwrite the buffers, rounding the float64 moments to the buffers' dtype;
+        through numpy views on CPU (several times cheaper).
+        """
         if self.running_mean.device.type == "cpu":
             self.running_mean.numpy()[...] = moments.mean
             self.running_var.numpy()[...] = moments.var
@@ -255,7 +289,8 @@ class BaseNorm(nn.Module, abc.ABC):
             out = x - mean.item()
             out *= 1.0 / math.sqrt(var.item() + self.eps)
             return out
-        mean, var = mean.numpy(force=True), var.numpy(force=True)
+        mean = mean.numpy(force=True).astype(np.float64)
+        var = var.numpy(force=True).astype(np.float64)
         return (x - mean.astype(x.dtype)) * (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
 
     def extra_repr(self) -> str:
@@ -276,9 +311,10 @@ class RunningNorm(BaseNorm):
     """Normalize by the exact mean and variance of every sample seen so far.
 
     Its statistics are :class:`~ray_rewards.stats.Moments`: ``moments()`` reads them,
-    ``set_moments()`` writes them, and ``update_stats`` is ``Moments.merge``, so the
-    statistics of many workers merge to exactly what one RunningNorm would hold
-    after seeing all of their data.
+    ``set_moments()`` writes them, and ``update_stats`` is ``Moments.merge``
+    (computed in float64, stored as float32), so the statistics of many workers merge
+    to what one RunningNorm would hold after seeing all of their data, to float32
+    round-off.
     """
 
     def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
@@ -289,7 +325,7 @@ class RunningNorm(BaseNorm):
             if self.num_features != 1:
                 self._check_batch(batch)  # raises
             # Hot path (a reward per step): the column's moments merged as Python floats
-            # straight into numpy views of the buffers.
+            # (float64) and rounded into numpy views of the buffers.
             n, batch_mean, batch_var = column_moments(batch)
             if not (math.isfinite(batch_mean) and math.isfinite(batch_var)):
                 raise self._non_finite(batch)
@@ -300,19 +336,13 @@ class RunningNorm(BaseNorm):
             )
             return
         batch_m = self._finite_moments(batch)
-        if not batch_m.count:
-            return
-        if not on_cpu:
+        if batch_m.count:
             self._write(self.moments().merge(batch_m))
-            return
-        mean, var = bufs["running_mean"].numpy(), bufs["running_var"].numpy()
-        count = bufs["count"].numpy()
-        count[()], mean[...], var[...] = chan_merge(
-            count.item(), mean, var, batch_m.count, batch_m.mean, batch_m.var
-        )
 
     def set_moments(self, moments: Moments) -> None:
-        """Replace the statistics with ``moments`` (e.g. merged over workers)."""
+        """Replace the statistics with ``moments`` (e.g. merged over workers), rounded
+        to the buffers' float32.
+        """
         if moments.mean.shape != (self.num_features,):
             raise ValueError(
                 f"set_moments: expected mean of shape ({self.num_features},), "
@@ -322,36 +352,71 @@ class RunningNorm(BaseNorm):
 
 
 class EMANorm(BaseNorm):
-    """Normalize by exponentially weighted moving statistics (bias-corrected).
+    """Normalize by exponentially weighted moving statistics (bias-corrected), as
+    imitation's EMANorm (its Algorithm 3 of incremental batch EMA/EMV).
 
-    Each batch gets weight ``1/Z`` with ``Z = sum(decay**k)`` over the batches seen, so
-    early batches are not under-weighted. Not mergeable across workers: use
-    RunningNorm where statistics must be aggregated.
+    Batch ``k`` (counting from 0) adds ``decay**k`` to ``inv_learning_rate``, which is
+    then ``Z_k = sum(decay**i for i <= k)``, and moves the statistics towards the
+    batch's with learning rate ``1 / Z_k``: the first batch replaces the initial
+    statistics, and early batches are not under-weighted. Buffers beyond BaseNorm's:
+    ``inv_learning_rate`` (float32 scalar) and ``num_batches`` (int64 scalar). Not
+    mergeable across workers: use RunningNorm where statistics must be aggregated.
     """
 
+    inv_learning_rate: th.Tensor
     num_batches: th.Tensor
 
     def __init__(self, num_features: int, decay: float = 0.99, eps: float = 1e-5):
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"decay must be in (0, 1), got {decay}")
-        self.decay = decay
+            raise ValueError(f"decay must be between 0 and 1 (exclusive), got {decay}")
         super().__init__(num_features, eps=eps)
-        self.register_buffer("num_batches", th.zeros((), dtype=th.int64))
+        self.decay = decay
+        self.register_buffer("inv_learning_rate", th.zeros((), dtype=self.STATS_DTYPE))
+        self.register_buffer("num_batches", th.zeros((), dtype=self.COUNT_DTYPE))
 
     def reset_running_stats(self) -> None:
-        """Forget everything, the batch counter included."""
+        """Forget everything, the batch counter and learning rate included."""
         super().reset_running_stats()
-        if hasattr(self, "num_batches"):
-            self.num_batches.zero_()
+        self.inv_learning_rate.zero_()
+        self.num_batches.zero_()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled layer; one saved before ``inv_learning_rate`` existed gets
+        it from ``num_batches`` (the sum of ``decay**i`` over the batches seen).
+        """
+        super().__setstate__(state)
+        if "inv_learning_rate" not in self._buffers and "num_batches" in self._buffers:
+            self._buffers["inv_learning_rate"] = self._sum_of_weights(self._buffers["num_batches"])
+
+    def _sum_of_weights(self, num_batches: th.Tensor) -> th.Tensor:
+        z = (1.0 - self.decay ** int(num_batches)) / (1.0 - self.decay)
+        return th.tensor(z, dtype=type(self).STATS_DTYPE, device=num_batches.device)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # A state dict saved before inv_learning_rate existed: derive it (see __setstate__).
+        key, batches = f"{prefix}inv_learning_rate", f"{prefix}num_batches"
+        if key not in state_dict and batches in state_dict:
+            state_dict[key] = self._sum_of_weights(th.as_tensor(state_dict[batches]))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def update_stats(self, batch: th.Tensor | np.ndarray) -> None:
-        """Move the statistics towards those of ``batch``."""
+        """Move the statistics towards those of ``batch`` (computed in float64)."""
         batch_m = self._finite_moments(batch)
         if batch_m.count == 0:
             return
-        k = int(self.num_batches)
-        # Z_k = sum_{i<=k} decay**i; the new batch gets weight 1/Z_k.
-        lr = (1 - self.decay) / (1 - self.decay ** (k + 1))
+        inv_lr = self.inv_learning_rate.item() + self.decay ** self.num_batches.item()
+        lr = 1.0 / inv_lr
         old = self.moments()
         delta = batch_m.mean - old.mean
         self._write(
@@ -361,6 +426,7 @@ class EMANorm(BaseNorm):
                 old.var + lr * (batch_m.var + (1 - lr) * delta**2 - old.var),
             )
         )
+        self.inv_learning_rate.fill_(inv_lr)
         self.num_batches.add_(1)
 
 
@@ -433,9 +499,10 @@ class NormSync:
     this copy added since the last merge; whoever merges combines the base with
     every copy's report (``Moments.merge_all``) and hands the result to each copy's
     :meth:`absorb`, which keeps what arrived between report and absorb. Merging is
-    exact: the merged moments are what one RunningNorm would hold after seeing every
-    copy's data. Layers other than RunningNorm may be present as long as their
-    statistics never change (TypeError when they did).
+    exact to the float32 the buffers store: the merged moments are what one
+    RunningNorm would hold after seeing every copy's data. Layers other than
+    RunningNorm may be present as long as their statistics never change (TypeError
+    when they did).
     """
 
     def __init__(self, module: nn.Module):
@@ -455,7 +522,7 @@ class NormSync:
 
     @property
     def synced(self) -> dict[str, Moments]:
-        """The statistics as of the last merge."""
+        """The statistics as of the last merge, as the buffers store them."""
         return dict(self._synced)
 
     def report(self) -> dict[str, Moments]:
@@ -493,7 +560,11 @@ class NormSync:
                     f"layer {name!r} is {type(layer).__name__}; only RunningNorm statistics "
                     "merge across copies of a net"
                 )
-        self._synced = dict(merged)
+        # The base of the next report is the merge as every copy stores it (rounded to
+        # float32): the driver that merges next reads that same base from its own copy,
+        # so each report carries only its copy's data, not the rounding.
+        layers = dict(self.module.named_modules())
+        self._synced = {name: layers[name].stored(m) for name, m in merged.items()}
         self._reported = None
 
 
@@ -506,7 +577,7 @@ def build_mlp(
     dropout_prob: float = 0.0,
     squeeze_output: bool = False,
     flatten_input: bool = False,
-    normalize_input_layer: type[BaseNorm] | None = None,
+    normalize_input_layer: type[nn.Module] | None = None,
 ) -> nn.Sequential:
     """Build an MLP ``in_size -> hid_sizes... -> out_size`` as an ``nn.Sequential``.
 
@@ -519,16 +590,21 @@ def build_mlp(
         dropout_prob: dropout after each hidden activation when > 0.
         squeeze_output: squeeze ``(B, 1)`` to ``(B,)``; requires ``out_size == 1``.
         flatten_input: flatten inputs to ``(B, -1)`` first.
-        normalize_input_layer: a BaseNorm class applied to the input.
+        normalize_input_layer: a normalization layer class applied to the input,
+            built as ``normalize_input_layer(in_size)`` (e.g. RunningNorm, EMANorm).
+
+    Raises:
+        ValueError: ``squeeze_output`` with ``out_size != 1``, or a
+            ``normalize_input_layer`` that is not an ``nn.Module`` class built from
+            the number of features alone (as imitation's ``build_mlp`` raises).
     """
-    if squeeze_output and out_size != 1:
-        raise ValueError(f"squeeze_output requires out_size=1, got out_size={out_size}")
+    _check_squeeze(squeeze_output, out_size)
     prefix = f"{name}_" if name else ""
     layers: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
     if flatten_input:
         layers[f"{prefix}flatten"] = nn.Flatten()
     if normalize_input_layer is not None:
-        layers[f"{prefix}normalize_input"] = normalize_input_layer(in_size)
+        layers[f"{prefix}normalize_input"] = _input_norm(normalize_input_layer, in_size)
     prev = in_size
     for i, size in enumerate(hid_sizes):
         layers[f"{prefix}dense{i}"] = nn.Linear(prev, size)
@@ -541,6 +617,29 @@ def build_mlp(
     if squeeze_output:
         layers[f"{prefix}squeeze"] = SqueezeLayer()
     return nn.Sequential(layers)
+
+
+def _check_squeeze(squeeze_output: bool, out_size: int) -> None:
+    if squeeze_output and out_size != 1:
+        raise ValueError(
+            f"squeeze_output is only applicable when out_size=1, got out_size={out_size}"
+        )
+
+
+def _input_norm(layer_cls: Any, in_size: int) -> nn.Module:
+    """``layer_cls(in_size)``; ValueError unless that builds an ``nn.Module``."""
+    problem = None
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, nn.Module)):
+        problem = "it is not an nn.Module class"
+    else:
+        try:
+            return layer_cls(in_size)
+        except TypeError as err:
+            problem = f"{layer_cls.__name__}({in_size}) failed: {err}"
+    raise ValueError(
+        f"normalize_input_layer={layer_cls!r} is not a valid normalization layer type "
+        f"accepting only one argument (in_size): {problem}. Pass e.g. RunningNorm or EMANorm"
+    )
 
 
 def build_cnn(
@@ -559,8 +658,7 @@ def build_cnn(
 
     Output shape ``(B, out_size)``, or ``(B,)`` with ``squeeze_output``.
     """
-    if squeeze_output and out_size != 1:
-        raise ValueError(f"squeeze_output requires out_size=1, got out_size={out_size}")
+    _check_squeeze(squeeze_output, out_size)
     prefix = f"{name}_" if name else ""
     layers: collections.OrderedDict[str, nn.Module] = collections.OrderedDict()
     prev = in_channels
@@ -596,4 +694,5 @@ __all__ = [
     "build_mlp",
     "evaluating",
     "training",
+    "training_mode",
 ]

@@ -7,7 +7,7 @@ space                   tensor (for a batch of ``B`` elements)
 ======================  ==========================================================
 Box                     float, shape ``(B, *space.shape)``; a uint8 image Box is
                         scaled to [0, 1] when ``normalize_images``
-Discrete(n)             one-hot, shape ``(B, n)``
+Discrete(n)             one-hot, shape ``(B, n)``, from ``(B,)`` or ``(B, 1)``
 MultiDiscrete(nvec)     one-hot per dimension, concatenated: ``(B, sum(nvec))``
 MultiBinary             float, shape ``(B, *space.shape)``
 ======================  ==========================================================
@@ -137,15 +137,18 @@ def preprocess_space(
     if isinstance(space, (spaces.Box, spaces.MultiBinary)):
         expected: tuple[int, ...] = (batch_size, *space.shape)
     elif isinstance(space, spaces.Discrete):
-        expected = (batch_size,)
+        # (B, 1) as well: imitation (through stable-baselines3's preprocess_obs) takes
+        # the trailing axis some rollouts and buffers keep.
+        expected = (batch_size, 1) if tuple(x.shape) == (batch_size, 1) else (batch_size,)
     elif isinstance(space, spaces.MultiDiscrete):
         expected = (batch_size, *space.nvec.shape)
     else:
         check_supported(space, name)
     if x.shape != expected:  # a torch.Size compares equal to the tuple
+        also = f" (or {(batch_size, 1)})" if isinstance(space, spaces.Discrete) else ""
         raise ValueError(
-            f"{name}: expected shape {expected} for a batch of {batch_size} from {space}, "
-            f"got {tuple(x.shape)}"
+            f"{name}: expected shape {expected}{also} for a batch of {batch_size} from "
+            f"{space}, got {tuple(x.shape)}"
         )
     if not all_finite(x):
         raise _non_finite(name, x)

@@ -2,7 +2,8 @@
 
 :func:`load_reward` loads a saved net and returns a ``RewardFn`` as
 ``imitation.rewards.serialize.load_reward`` does; :data:`reward_registry` holds
-the reward types and takes new ones.
+the reward types and takes new ones; :class:`ValidateRewardFn` checks any reward
+function's output shape.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ray_rewards.storage import PathLike
 
 RewardFnLoader = Callable[..., RewardFn]
 """``loader(reward_path, venv, **kwargs) -> RewardFn``, as kept in :data:`reward_registry`."""
+RewardFnLoaderFn = RewardFnLoader
+"""imitation's name for :data:`RewardFnLoader`."""
 
 
 class RewardRegistry:
@@ -70,6 +73,51 @@ class RewardRegistry:
 reward_registry = RewardRegistry()
 
 
+class RewardShapeError(ValueError, AssertionError):
+    """A reward function gave rewards whose shape is not ``(B,)`` for ``B`` transitions.
+
+    A ValueError like every bad output here, and an AssertionError too, which is what
+    imitation's ``ValidateRewardFn`` raised (code written against it catches that).
+    """
+
+
+def check_rewards(rew: Any, batch_size: int, who: str) -> None:
+    """RewardShapeError naming ``who`` unless ``rew`` has shape ``(batch_size,)``."""
+    shape = getattr(rew, "shape", None)
+    if shape != (batch_size,):
+        got = f"shape {shape}" if shape is not None else f"a {type(rew).__name__}"
+        raise RewardShapeError(f"{who}: expected rewards of shape ({batch_size},), got {got}")
+
+
+class ValidateRewardFn:
+    """Wrap a reward function so that every call checks it returned one reward per
+    transition (imitation's ``serialize.ValidateRewardFn``).
+
+    Raises RewardShapeError (a ValueError and an AssertionError) otherwise; picklable
+    when ``reward_fn`` is.
+    """
+
+    def __init__(self, reward_fn: RewardFn):
+        self.reward_fn = reward_fn
+
+    def __call__(
+        self,
+        state: np.ndarray,
+        action: np.ndarray,
+        next_state: np.ndarray | None,
+        done: np.ndarray | None,
+    ) -> np.ndarray:
+        """``reward_fn``'s rewards, of shape ``(len(state),)``."""
+        rew = self.reward_fn(state, action, next_state, done)
+        if getattr(rew, "shape", None) != (len(state),):
+            who = getattr(self.reward_fn, "__qualname__", None) or repr(self.reward_fn)
+            check_rewards(rew, len(state), who)
+        return rew
+
+    def __repr__(self) -> str:
+        return f"ValidateRewardFn({self.reward_fn!r})"
+
+
 class NetRewardFn:
     """A RewardFn calling one prediction method of a reward net with fixed kwargs.
 
@@ -91,11 +139,8 @@ class NetRewardFn:
     ) -> np.ndarray:
         """Rewards of shape ``(B,)`` for a batch of ``B`` transitions."""
         rew = getattr(self.net, self.method)(obs, acts, next_obs, dones, **self.kwargs)
-        if rew.shape != (len(obs),):
-            raise ValueError(
-                f"{type(self.net).__name__}.{self.method}: expected rewards of shape "
-                f"({len(obs)},), got {rew.shape}"
-            )
+        if getattr(rew, "shape", None) != (len(obs),):  # the message only when it fails
+            check_rewards(rew, len(obs), f"{type(self.net).__name__}.{self.method}")
         return rew
 
     def __repr__(self) -> str:
@@ -216,7 +261,8 @@ class _ZeroReward:
         return np.zeros(len(obs), dtype=np.float32)
 
 
-def _load_zero(path: PathLike | None, venv: Any, **kwargs: Any) -> RewardFn:
+def load_zero(path: PathLike | None, venv: Any, **kwargs: Any) -> RewardFn:
+    """The ``zero`` reward type's loader: zeros for every transition; ``path`` is ignored."""
     _no_kwargs("zero", kwargs)
     return _ZeroReward()
 
@@ -226,7 +272,7 @@ reward_registry.register("RewardNet_unnormalized", _load_unnormalized)
 reward_registry.register("RewardNet_shaped", _load_shaped)
 reward_registry.register("RewardNet_unshaped", _load_unshaped)
 reward_registry.register("RewardNet_std_added", _load_std_added)
-reward_registry.register("zero", _load_zero)
+reward_registry.register("zero", load_zero)
 
 
 def load_reward(

@@ -12,8 +12,10 @@ batches straight from an environment, preprocess them, and return numpy rewards
 post-processes ``predict_processed`` (e.g. normalization).
 
 Shapes: for a batch of ``B`` transitions, ``state`` and ``next_state`` are
-``(B, *obs_shape)`` (``(B,)`` for a Discrete space), ``action`` likewise for the
-action space, ``done`` is ``(B,)``; every reward output is ``(B,)``.
+``(B, *obs_shape)`` (``(B,)`` or, as imitation takes it, ``(B, 1)`` for a Discrete
+space), ``action`` likewise for the action space, ``done`` is ``(B,)``; every
+reward output is ``(B,)``. :class:`CnnRewardNet` is imitation's name for
+:class:`CNNRewardNet`.
 """
 
 from __future__ import annotations
@@ -274,7 +276,8 @@ class RewardNetWrapper(RewardNet):
         return self._base
 
     def _device_dtype(self) -> tuple[th.device, th.dtype]:
-        return self._base._device_dtype()
+        # The base's properties, so a base that overrides them (or a stand-in) decides.
+        return self._base.device, self._base.dtype
 
     @property
     def uses_next_state(self) -> bool:
@@ -303,9 +306,9 @@ class ForwardWrapper(RewardNetWrapper):
     def __init__(self, base: RewardNet):
         if isinstance(base, PredictProcessedWrapper):
             raise ValueError(
-                f"ForwardWrapper cannot wrap a PredictProcessedWrapper "
-                f"({type(base).__name__}): its predict_processed would be bypassed. "
-                "Put the PredictProcessedWrapper outside the ForwardWrapper."
+                "ForwardWrapper cannot be applied on top of PredictProcessedWrapper! "
+                f"{type(self).__name__} would bypass the predict_processed of "
+                f"{type(base).__name__}; put the PredictProcessedWrapper outside instead."
             )
         super().__init__(base)
 
@@ -430,15 +433,17 @@ def _required(x: th.Tensor | None, name: str, net: nn.Module) -> th.Tensor:
 def cnn_transpose(tens: th.Tensor) -> th.Tensor:
     """Transpose a ``(B, H, W, C)`` batch to ``(B, C, H, W)``; ValueError unless 4-D."""
     if tens.dim() != 4:
-        raise ValueError(f"cnn_transpose: expected a 4-D tensor, got shape {tuple(tens.shape)}")
+        raise ValueError(
+            f"Invalid input: cnn_transpose expected a 4-D tensor, got shape {tuple(tens.shape)}"
+        )
     return th.permute(tens, (0, 3, 1, 2))
 
 
 def _image_channels(space: spaces.Space, hwc_format: bool, who: str) -> int:
     if not preprocessing.is_image_space(space):
         raise ValueError(
-            f"{who}: expected an image observation space (uint8 Box of 3 dims with bounds "
-            f"[0, 255]), got {space}"
+            f"{who} requires observations to be images (it must be given image inputs): "
+            f"expected a uint8 Box of 3 dims with bounds [0, 255], got {space}"
         )
     return int(space.shape[2] if hwc_format else space.shape[0])
 
@@ -464,10 +469,16 @@ class CNNRewardNet(RewardNet):
     ):
         super().__init__(observation_space, action_space)
         if not (use_state or use_next_state):
-            raise ValueError("CNNRewardNet: needs use_state or use_next_state")
+            raise ValueError(
+                "CNNRewardNet must take current or next state as input: "
+                "use_state or use_next_state must be True"
+            )
         channels = _image_channels(observation_space, hwc_format, "CNNRewardNet")
         if use_action and not isinstance(action_space, spaces.Discrete):
-            raise ValueError(f"CNNRewardNet: expected a Discrete action space, got {action_space}")
+            raise ValueError(
+                "CNNRewardNet can only use Discrete action spaces (or use_action=False), "
+                f"got {action_space}"
+            )
         self.use_state = use_state
         self.use_action = use_action
         self.use_next_state = use_next_state
@@ -506,6 +517,10 @@ class CNNRewardNet(RewardNet):
         else:
             select = action
         return th.sum(out * select, dim=1)
+
+
+CnnRewardNet = CNNRewardNet
+"""imitation's spelling of :class:`CNNRewardNet` (the same class)."""
 
 
 class ShapedRewardNet(ForwardWrapper):

@@ -5,7 +5,8 @@ against ``imitation.rewards.serialize`` keeps working with the prefix changed:
 
 - :mod:`ray_rewards.file_format`: the saved-net format and its allowlist
   (:func:`save`, :func:`load`, :func:`register_safe_class`).
-- :mod:`ray_rewards.reward_function`: :func:`load_reward` and :data:`reward_registry`.
+- :mod:`ray_rewards.reward_function`: :func:`load_reward`, :data:`reward_registry`
+  and :class:`ValidateRewardFn`.
 - :mod:`ray_rewards.inspect`: :func:`describe` (``ray-rewards inspect``).
 - :mod:`ray_rewards._spaces`: gymnasium spaces as plain data.
 - :mod:`ray_rewards.storage`: local paths and URIs, atomic writes.
@@ -26,9 +27,14 @@ from ray_rewards.file_format import (
 from ray_rewards.inspect import NetDescription, NormStats, describe, format_chain, wrapper_chain
 from ray_rewards.reward_function import (
     NetRewardFn,
+    RewardFnLoader,
+    RewardFnLoaderFn,
     RewardRegistry,
+    RewardShapeError,
+    ValidateRewardFn,
     frozen_stats_kwargs,
     load_reward,
+    load_zero,
     reward_registry,
 )
 from ray_rewards.reward_wrapper import RewardFn
@@ -39,8 +45,12 @@ __all__ = [
     "NetRewardFn",
     "NormStats",
     "RewardFn",
+    "RewardFnLoader",
+    "RewardFnLoaderFn",
     "RewardRegistry",
+    "RewardShapeError",
     "UnsafeRewardFileError",
+    "ValidateRewardFn",
     "decode_spaces",
     "describe",
     "encode_spaces",
@@ -49,6 +59,7 @@ __all__ = [
     "frozen_stats_kwargs",
     "load",
     "load_reward",
+    "load_zero",
     "register_safe_class",
     "reward_registry",
     "safe_classes",

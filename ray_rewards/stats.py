@@ -3,8 +3,8 @@
 A :class:`Moments` holds the count, mean and (population) variance of a data set.
 Two of them merge exactly (Chan et al.'s parallel update), so the statistics that
 N workers gathered on their own shards combine into the statistics of the whole,
-in any order and grouping, to float64 round-off. Moments are plain numpy, so they
-cross process boundaries cheaply.
+in any order and grouping, to float64 round-off (normalization layers then store
+them as float32). Moments are plain numpy, so they cross process boundaries cheaply.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ def chan_merge(
 ) -> tuple[int, Any, Any]:
     """Chan et al.'s parallel update: ``(count, mean, var)`` of the union of two data sets.
 
-    The one place the merge formula lives. Works on numpy arrays (Moments.merge) and
-    on in-place numpy views of normalization buffers (RunningNorm's hot path) alike;
+    The one place the merge formula lives. Works on float64 numpy arrays
+    (Moments.merge) and Python floats (RunningNorm's per-step hot path) alike, so the
+    merge runs in float64 whatever dtype the statistics are stored in;
     ``count_a + count_b`` must be > 0.
     """
     total = count_a + count_b

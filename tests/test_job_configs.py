@@ -23,6 +23,15 @@ from ray_rewards.train import TrainConfig
 ADV = {"demonstrations": "demos", "iterations": 1, "config": {"env": "CartPole-v1"}}
 # A valid preferences section.
 PREF = {"iterations": 1, "config": {"env": "Pendulum-v1"}}
+# PPO settings of a job that runs in seconds.
+TINY_PENDULUM_PPO = {
+    "env": "Pendulum-v1",
+    "num_env_runners": 0,
+    "train_batch_size_per_learner": 200,
+    "minibatch_size": 100,
+    "num_epochs": 1,
+    "model_config": {"fcnet_hiddens": [8]},
+}
 
 
 def _write(tmp_path, data, name="job.yaml") -> str:
@@ -202,6 +211,12 @@ def test_values_are_converted_and_type_checked(tmp_path):
             },
             ValueError,
             r"preferences\.gatherer_options: the async gatherer takes none",
+        ),
+        (
+            "preferences",
+            {"storage_path": "/r", "preferences": {**PREF, "render": True}},
+            ValueError,
+            r"preferences\.render: only the async gatherer shows fragments to people",
         ),
         (
             "preferences",
@@ -542,15 +557,7 @@ def test_preferences_job(tmp_path, ray_session):
                 "net_kwargs": {"hid_sizes": [8]},
                 "gatherer_options": {"seed": 0},
                 "iterations": 2,
-                "config": {
-                    "env": "Pendulum-v1",
-                    "num_env_runners": 0,
-                    "train_batch_size_per_learner": 200,
-                    "minibatch_size": 100,
-                    "num_epochs": 1,
-                    "seed": 0,
-                    "model_config": {"fcnet_hiddens": [8]},
-                },
+                "config": {**TINY_PENDULUM_PPO, "seed": 0},
                 "preference_options": {
                     "total_labels": 20,
                     "num_rounds": 1,
@@ -576,6 +583,29 @@ def test_preferences_job(tmp_path, ray_session):
     assert os.listdir(files["labels"])
     net = serialize.load(files["reward_net"], device="cpu")
     assert isinstance(net, reward_nets.NormalizedRewardNet)
+
+
+def test_preferences_job_with_async_gatherer_renders_what_it_queries(tmp_path, ray_session):
+    pytest.importorskip("pygame")
+    from ray_rewards.preferences import AsyncGatherer
+
+    settings = {
+        **PREF,
+        "gatherer": "async",
+        "render": True,
+        "iterations": 1,
+        "net_kwargs": {"hid_sizes": [8]},
+        "config": TINY_PENDULUM_PPO,
+        "preference_options": {"total_labels": 30, "num_rounds": 1, "fragment_length": 10},
+    }
+    path = _write(tmp_path, {"storage_path": "prefs", "preferences": settings})
+    results = jobs.run_job(jobs.load_config(path, "preferences"))
+    queue = AsyncGatherer(results["files"]["queue"])
+    pending = queue.pending()
+    assert len(pending) == 3 and results["history"][0]["num_labels"] == 0  # 10% of 30
+    for qid in pending:
+        first, second = queue.frames(qid)
+        assert first.shape == second.shape == (10, 125, 125, 3)
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path):

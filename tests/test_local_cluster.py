@@ -26,7 +26,7 @@ import yaml
 
 from ray_rewards import networks, reward_nets, serialize
 from ray_rewards.train import schemas
-from ray_rewards.util import make_vec_env
+from ray_rewards.util import make_gym_vec_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(ROOT, "cluster", "local")
@@ -224,7 +224,7 @@ def test_every_job_on_a_two_node_cluster(tmp_path):
         job: json.loads(open(os.path.join(cluster_dir, "results", job, "results.json")).read())
         for job in ("pipeline", "train", "rllib", "relabel", "record", "adversarial")
     }
-    venv = make_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(0))
+    venv = make_gym_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(0))
     obs, _ = venv.reset(seed=0)
     acts = venv.action_space.sample()
     next_obs, *_ = venv.step(acts)

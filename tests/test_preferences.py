@@ -4,6 +4,7 @@ store (and training from it)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -278,3 +279,26 @@ def test_store_appends_loads_restarts_and_trains(tmp_path):
     result = trainer.train(cfg)
     assert [h["epoch"] for h in result.history] == [0, 1]
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
+
+
+def test_store_restored_from_a_copy_holds_exactly_its_labels(tmp_path):
+    store = prefs.PreferenceStore(tmp_path / "labels")
+    gatherer = prefs.SyntheticGatherer(temperature=0)
+    for seed in (0, 1):
+        gatherer.submit(_pairs(4, seed))
+        store.append(*gatherer.collect())
+    store.copy_to(str(tmp_path / "ckpt"))
+    gatherer.submit(_pairs(3, 2))
+    later = store.append(*gatherer.collect())  # gathered after the checkpoint
+    assert len(store) == 11
+
+    store.restore_from(str(tmp_path / "ckpt"))
+    assert len(store) == len(prefs.PreferenceStore(tmp_path / "labels")) == 8
+    aside = tmp_path / "labels.superseded"
+    assert [p.name for p in aside.iterdir()] == [os.path.basename(later)]  # moved, not lost
+
+    lost = prefs.PreferenceStore(tmp_path / "elsewhere")  # the folder is gone
+    lost.restore_from(str(tmp_path / "ckpt"))
+    assert len(lost) == 8
+    lost.restore_from(str(tmp_path / "no-checkpoint-copy"))
+    assert len(lost) == 8

@@ -318,7 +318,9 @@ def test_predict_processed_kwargs_reach_the_base_through_wrappers():
 )
 def test_forward_wrapper_over_predict_processed_wrapper_raises(make):
     inner = make()
-    with pytest.raises(ValueError, match="ForwardWrapper cannot wrap a PredictProcessedWrapper"):
+    with pytest.raises(
+        ValueError, match="ForwardWrapper cannot be applied on top of PredictProcessedWrapper"
+    ):
         rn.ShapedRewardNet(inner, nn.Linear(3, 1), 0.9)
 
 
@@ -452,13 +454,13 @@ def test_cnn_reward_net_hwc_and_chw(use_state, use_action, use_next_state, use_d
 
 
 def test_cnn_reward_net_errors():
-    with pytest.raises(ValueError, match="CNNRewardNet: expected an image observation space"):
+    with pytest.raises(ValueError, match="CNNRewardNet requires observations to be images"):
         rn.CNNRewardNet(OBS, DISC_ACT)
     with pytest.raises(
-        ValueError, match=r"CNNRewardNet: expected a Discrete action space, got Box"
+        ValueError, match=r"CNNRewardNet can only use Discrete action spaces .*got Box"
     ):
         rn.CNNRewardNet(IMG_HWC, ACT)
-    with pytest.raises(ValueError, match="needs use_state or use_next_state"):
+    with pytest.raises(ValueError, match="use_state or use_next_state must be True"):
         rn.CNNRewardNet(IMG_HWC, DISC_ACT, use_state=False)
     net = rn.CNNRewardNet(IMG_HWC, ACT, use_action=False, hid_channels=(2,))  # action unused
     s, a, _, _ = batch(IMG_HWC, ACT)
@@ -490,7 +492,7 @@ def test_potential_nets():
     x = th.rand(B, 6, 5, 2)
     assert hwc(x).shape == (B,)
     th.testing.assert_close(chw(x.permute(0, 3, 1, 2)), hwc(x))
-    with pytest.raises(ValueError, match="BasicPotentialCNN: expected an image observation space"):
+    with pytest.raises(ValueError, match="BasicPotentialCNN requires observations to be images"):
         rn.BasicPotentialCNN(OBS, (3,))
 
 

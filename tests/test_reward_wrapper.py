@@ -14,7 +14,7 @@ from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv, Vecto
 from ray_rewards.networks import RunningNorm
 from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
 from ray_rewards.reward_wrapper import RewardVecEnvWrapper
-from ray_rewards.util import make_vec_env
+from ray_rewards.util import make_gym_vec_env
 
 
 class CounterEnv(gym.Env):
@@ -307,7 +307,9 @@ def test_unsupported_spaces_raise():
 
 
 def test_pendulum_with_normalized_basic_reward_net():
-    venv = make_vec_env("Pendulum-v1", n_envs=3, rng=np.random.default_rng(0), max_episode_steps=5)
+    venv = make_gym_vec_env(
+        "Pendulum-v1", n_envs=3, rng=np.random.default_rng(0), max_episode_steps=5
+    )
     net = NormalizedRewardNet(
         BasicRewardNet(venv.single_observation_space, venv.single_action_space, hid_sizes=(8,)),
         RunningNorm,
@@ -335,3 +337,37 @@ def test_pendulum_with_normalized_basic_reward_net():
         obs = next_obs
     np.testing.assert_allclose(list(wrapper.original_episode_returns), env_returns)
     wrapper.close()
+
+
+def test_returns_under_reward_fn_kept_as_episode_rewards():
+    fn = Recorder()
+    wrapper = RewardVecEnvWrapper(counter_venv(AutoresetMode.NEXT_STEP), fn)
+    out = run(wrapper, 6)
+    rews = np.array([o[1] for o in out])
+    # Env 0's episodes: steps 1-2 and 4-5; env 1's: steps 1-3 (reset steps give 0).
+    np.testing.assert_allclose(
+        list(wrapper.episode_rewards),
+        [rews[0:2, 0].sum(), rews[0:3, 1].sum(), rews[3:5, 0].sum()],
+        rtol=1e-12,
+    )
+    assert wrapper.reward_fn is fn
+
+
+def test_reward_fn_error_on_an_episode_end_starts_the_next_return_from_zero():
+    calls = []
+
+    def fn(obs, acts, next_obs, dones):
+        calls.append(len(obs))
+        if len(calls) == 2:  # step 2: env 0's episode ends
+            raise RuntimeError("boom")
+        return np.ones(len(obs))
+
+    wrapper = RewardVecEnvWrapper(counter_venv(AutoresetMode.SAME_STEP), fn)
+    wrapper.reset()
+    wrapper.step(actions(1))
+    with pytest.raises(RuntimeError, match="boom"):
+        wrapper.step(actions(2))
+    wrapper.step(actions(3))  # env 1 ends: 1 + (lost) + 1
+    wrapper.step(actions(4))  # env 0's second episode ends: 1 + 1
+    assert list(wrapper.episode_rewards) == [2.0, 2.0]
+    assert list(wrapper.original_episode_returns) == [3.0, 6.0, 3.0]

@@ -8,13 +8,14 @@ import shutil
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from ray.rllib.algorithms.ppo import PPOConfig
 
 from ray_rewards import networks
 from ray_rewards.networks import RunningNorm
 from ray_rewards.preferences import AsyncGatherer, PreferenceStore
-from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet
-from ray_rewards.rllib import state_of, with_preference_learning
+from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet, RewardEnsemble
+from ray_rewards.rllib import preference_rounds, state_of, with_preference_learning
 from ray_rewards.train import schemas
 
 ENV = gym.make("Pendulum-v1")
@@ -92,25 +93,41 @@ def test_bad_options_are_refused():
 def test_a_restored_run_continues_the_query_schedule(ray_session, tmp_path):
     from ray.rllib.algorithms.algorithm import Algorithm
 
+    spaces = (ENV.observation_space, ENV.action_space)
+    members = [BasicRewardNet(*spaces, hid_sizes=(8,)) for _ in range(2)]
     config = with_preference_learning(
         ppo(),
-        make_net(),
+        NormalizedRewardNet(RewardEnsemble(*spaces, members), RunningNorm),
         total_labels=40,
         num_rounds=3,
         fragment_length=10,
+        selection="active",
         data_dir=str(tmp_path / "prefs"),
     )
     algo = config.build_algo()
     try:
         first = [algo.train()["learned_reward"]["preferences"] for _ in range(2)]
         path = algo.save_to_path(str(tmp_path / "ckpt"))
+        saved = {k: v.clone() for k, v in state_of(algo).net.state_dict().items()}
+        algo.train()  # labels gathered after the checkpoint
     finally:
         algo.stop()
+    # Restored, the store holds the checkpoint's labels; later ones are set aside.
+    restored = Algorithm.from_checkpoint(path)
+    try:
+        assert len(preference_rounds(restored).store) == first[-1]["num_labels"]
+    finally:
+        restored.stop()
+    assert len(list((tmp_path / "prefs" / "labels.superseded").iterdir())) == 1
     # The labels travel with the checkpoint: a run restored where its data folder is
     # gone takes them back from there.
     shutil.rmtree(tmp_path / "prefs")
     restored = Algorithm.from_checkpoint(path)
     try:
+        ensemble = state_of(restored).net.base
+        assert isinstance(ensemble, RewardEnsemble) and len(ensemble.members) == 2
+        back = state_of(restored).net.state_dict()
+        assert all(th.equal(saved[k], back[k]) for k in saved) and saved.keys() == back.keys()
         later = [restored.train()["learned_reward"]["preferences"] for _ in range(2)]
     finally:
         restored.stop()

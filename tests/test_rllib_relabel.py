@@ -212,7 +212,10 @@ def test_update_stats_sees_exactly_the_relabeled_transitions():
     episodes = [make_episode(rng, 7, lookback=3), make_episode(rng, 5, terminated=True)]
     raw = net.base.predict(*transitions(episodes))
     call(RelabelRewards(net, update_stats=True), episodes)
-    assert net.normalize_output_layer.moments().allclose(Moments.of(raw.astype(np.float64)))
+    # float32 statistics: equal to the exact moments to float32 round-off.
+    assert net.normalize_output_layer.moments().allclose(
+        Moments.of(raw.astype(np.float64)), rtol=1e-6
+    )
 
 
 def test_relabeling_a_view_never_writes_through_to_the_source():
@@ -251,15 +254,17 @@ def test_norm_report_and_absorb_merge_copies_exactly():
     single = networks.RunningNorm(1)
     single.set_moments(base)
     single.update_stats(np.concatenate(raws).astype(np.float64))
-    assert merged["normalize_output_layer"].allclose(single.moments(), rtol=1e-9)
-    assert pieces[1].reward_net.normalize_output_layer.moments().allclose(single.moments())
+    # Statistics are stored as float32: "exactly" is to float32 round-off.
+    assert merged["normalize_output_layer"].allclose(single.moments(), rtol=1e-6)
+    absorbed = pieces[1].reward_net.normalize_output_layer
+    assert absorbed.moments().allclose(absorbed.stored(merged["normalize_output_layer"]), rtol=0)
     single.update_stats(late_raw.astype(np.float64))
     assert (
-        pieces[0].reward_net.normalize_output_layer.moments().allclose(single.moments(), rtol=1e-9)
+        pieces[0].reward_net.normalize_output_layer.moments().allclose(single.moments(), rtol=1e-6)
     )
-    # The next report holds exactly the late data.
+    # The next report holds the late data (recovered from float32-stored statistics).
     report = pieces[0].norm_report()["normalize_output_layer"]
-    assert report.allclose(Moments.of(late_raw.astype(np.float64)), rtol=1e-9)
+    assert report.allclose(Moments.of(late_raw.astype(np.float64)), rtol=1e-5, atol=1e-6)
 
 
 def test_state_round_trip_is_plain_numpy():
@@ -332,7 +337,7 @@ def test_with_learned_reward_returns_a_wired_copy(tmp_path):
     assert issubclass(new.algo_class, PPO) and issubclass(new.algo_class, LearnedRewardAlgorithm)
     # The net ships as save-file bytes, not as a pickled module.
     assert isinstance(new._learner_connector, LearnedRewardConnector)
-    assert isinstance(new._learner_connector.net_bytes, bytes)
+    assert all(isinstance(b, bytes) for b in new._learner_connector.nets_bytes.values())
 
 
 def test_algorithm_class_pickles_by_name_and_is_rebuilt_where_missing():

@@ -444,7 +444,7 @@ def test_describe_reports_chain_spaces_params_and_stats():
 
 @pytest.fixture(scope="module")
 def venv():
-    env = util.make_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(0))
+    env = util.make_gym_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(0))
     yield env
     env.close()
 

@@ -1,4 +1,4 @@
-"""make_vec_env: seeded sync/async gymnasium vector envs."""
+"""make_gym_vec_env: seeded sync/async gymnasium vector envs (SB3 ones: test_sb3_envs.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from ray_rewards.util import make_vec_env
+from ray_rewards.util import make_gym_vec_env
 
 
 def rollout(venv, steps: int = 3) -> list[np.ndarray]:
@@ -20,7 +20,7 @@ def rollout(venv, steps: int = 3) -> list[np.ndarray]:
 
 
 def test_sync_env_shape_and_mode():
-    venv = make_vec_env("Pendulum-v1", n_envs=3, rng=np.random.default_rng(0))
+    venv = make_gym_vec_env("Pendulum-v1", n_envs=3, rng=np.random.default_rng(0))
     assert isinstance(venv, SyncVectorEnv)
     assert venv.num_envs == 3
     assert venv.observation_space.shape == (3, 3)
@@ -31,9 +31,9 @@ def test_sync_env_shape_and_mode():
 
 
 def test_same_rng_same_rollout_and_distinct_sub_envs():
-    a = rollout(make_vec_env("Pendulum-v1", n_envs=4, rng=np.random.default_rng(7)))
-    b = rollout(make_vec_env("Pendulum-v1", n_envs=4, rng=np.random.default_rng(7)))
-    c = rollout(make_vec_env("Pendulum-v1", n_envs=4, rng=np.random.default_rng(8)))
+    a = rollout(make_gym_vec_env("Pendulum-v1", n_envs=4, rng=np.random.default_rng(7)))
+    b = rollout(make_gym_vec_env("Pendulum-v1", n_envs=4, rng=np.random.default_rng(7)))
+    c = rollout(make_gym_vec_env("Pendulum-v1", n_envs=4, rng=np.random.default_rng(8)))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(a[0], c[0])
@@ -42,8 +42,8 @@ def test_same_rng_same_rollout_and_distinct_sub_envs():
 
 
 def test_parallel_is_async_and_matches_sync():
-    sync = make_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(3))
-    par = make_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(3), parallel=True)
+    sync = make_gym_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(3))
+    par = make_gym_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(3), parallel=True)
     try:
         assert isinstance(par, AsyncVectorEnv)
         for x, y in zip(rollout(sync), rollout(par)):
@@ -54,7 +54,7 @@ def test_parallel_is_async_and_matches_sync():
 
 
 def test_max_episode_steps_and_env_make_kwargs():
-    venv = make_vec_env(
+    venv = make_gym_vec_env(
         "Pendulum-v1",
         n_envs=2,
         rng=np.random.default_rng(0),
@@ -77,7 +77,7 @@ def test_post_wrappers_applied_in_order_with_index():
 
         return wrap
 
-    venv = make_vec_env(
+    venv = make_gym_vec_env(
         "Pendulum-v1",
         n_envs=2,
         rng=np.random.default_rng(0),
@@ -108,4 +108,4 @@ def test_post_wrappers_applied_in_order_with_index():
 def test_bad_arguments_raise(kwargs, error, match):
     args = {"env_name": "Pendulum-v1", "n_envs": 2, "rng": np.random.default_rng(0), **kwargs}
     with pytest.raises(error, match=match):
-        make_vec_env(args.pop("env_name"), **args)
+        make_gym_vec_env(args.pop("env_name"), **args)

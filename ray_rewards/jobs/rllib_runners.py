@@ -192,7 +192,16 @@ def run_preferences(cfg: JobConfig) -> dict[str, Any]:
     files = {"labels": storage_join(data_dir, "labels")}
     if settings.gatherer == "async":
         files["queue"] = storage_join(data_dir, QUEUE_DIR)
-        gatherer: Any = AsyncGatherer(files["queue"])
+        renderer = None
+        if settings.render:
+            from ray_rewards.preferences.render import FragmentRenderer
+
+            try:
+                env_config = settings.config.get("env_config") or {}
+                renderer = FragmentRenderer(str(settings.config.get("env")), **env_config)
+            except (ValueError, ImportError) as err:
+                raise ValueError(f"preferences.render: {err}") from None
+        gatherer: Any = AsyncGatherer(files["queue"], renderer)
     else:
         try:
             gatherer = SyntheticGatherer(**settings.gatherer_options)

@@ -190,6 +190,9 @@ class PreferencesJobConfig(RLlibTraining):
             ``<storage_path>/preferences/queue`` that people or another process answer).
         gatherer_options: ``SyntheticGatherer``'s keyword arguments (``temperature``,
             ``discount_factor``, ``sample``, ``threshold``, ``seed``).
+        render: with the async gatherer, render every queried fragment's frames for
+            the labeling page (``FragmentRenderer``; classic-control envs need the
+            ``render`` extra, pygame).
         preference_options: the keyword arguments of ``with_preference_learning``
             (``total_labels``, ``num_rounds``, ``every``, ``fragment_length``,
             ``selection``, ``epochs``, ``seed``..., and ``with_learned_reward``'s);
@@ -208,6 +211,7 @@ class PreferencesJobConfig(RLlibTraining):
     init_net: str | None = field(default=None, metadata=config.PATH_FIELD)
     gatherer: str = "synthetic"
     gatherer_options: dict[str, Any] = field(default_factory=dict)
+    render: bool = False
     preference_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -215,6 +219,11 @@ class PreferencesJobConfig(RLlibTraining):
         if self.gatherer not in GATHERERS:
             raise ValueError(
                 f"preferences.gatherer: expected one of {list(GATHERERS)}, got {self.gatherer!r}"
+            )
+        if self.render and self.gatherer != "async":
+            raise ValueError(
+                "preferences.render: only the async gatherer shows fragments to people; "
+                f"got gatherer {self.gatherer!r}"
             )
         if self.gatherer == "async" and self.gatherer_options:
             raise ValueError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from ray_rewards.preferences.fragments import (
     take,
     to_arrow,
 )
+from ray_rewards.preferences.render import FragmentRenderer
 from ray_rewards.train.oracle import PreferenceOracle
 
 logger = logging.getLogger(__name__)
@@ -134,6 +136,8 @@ class AsyncGatherer(PreferenceGatherer):
 
         queries/<name>.parquet   one per submit: query_id and the pair's columns
                                  (observations for display, actions, ...)
+        frames/<query_id>.npz    with a ``renderer``: the pair's frames,
+                                 ``frames_1``/``frames_2`` (T, H, W, 3) uint8
         answers/<name>.parquet   one per answer call: query_id, preference (NaN =
                                  skipped), labeler, time (Unix seconds)
         collected.json           names of the answer files already collected
@@ -143,10 +147,18 @@ class AsyncGatherer(PreferenceGatherer):
     processes may answer; one process (the training loop) should collect.
     ``collect`` records what it returned before returning it: store the labels at once
     (:class:`~ray_rewards.preferences.store.PreferenceStore`).
+
+    With a ``renderer`` (:class:`~ray_rewards.preferences.render.FragmentRenderer`),
+    each submitted pair's fragments are rendered once, at submit: only queried
+    fragments are ever rendered. A pair that fails to render is still queried
+    (shown by its observations) and the failure logged.
     """
 
-    def __init__(self, queue_dir: str | os.PathLike) -> None:
+    def __init__(
+        self, queue_dir: str | os.PathLike, renderer: FragmentRenderer | None = None
+    ) -> None:
         self.queue_dir = storage.absolute(queue_dir)
+        self.renderer = renderer
         self._queries: dict[str, Pairs] = {}  # query file name -> its pairs
         self._where: dict[str, tuple[str, int]] = {}  # query id -> (file, row)
         self._answered: set[str] = set()  # ids named in any answer file read so far
@@ -192,9 +204,46 @@ class AsyncGatherer(PreferenceGatherer):
         if not num_pairs(pairs):
             return
         pairs = _with_ids(pairs)
+        if self.renderer is not None:
+            self._render(pairs)
         name = _files.new_name()
         _files.write_table(_files.join(self.queue_dir, "queries", name), to_arrow(pairs))
         self._add_queries(name, pairs)
+
+    def _render(self, pairs: Pairs) -> None:
+        """Write ``frames/<query_id>.npz`` for each pair (before its query is visible)."""
+        for i, qid in enumerate(pairs[QUERY_ID]):
+            try:
+                frames = {
+                    f"frames_{k}": self.renderer(pairs[f"obs_{k}"][i], pairs[f"actions_{k}"][i])
+                    for k in (1, 2)
+                }
+            except Exception:  # a labeler can still judge the pair by its observations
+                logger.exception("AsyncGatherer: rendering query %s failed", qid)
+                continue
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **frames)
+            storage.write_bytes(self._frames_path(str(qid)), buffer.getvalue())
+
+    def _frames_path(self, query_id: str) -> str:
+        return _files.join(self.queue_dir, "frames", f"{query_id}.npz")
+
+    def frames(self, query_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rendered frames ``(T, H, W, 3)`` of a query's two fragments, or None
+        when it has none (no renderer, or rendering failed).
+
+        Raises:
+            ValueError: ``query_id`` is no query of this queue.
+        """
+        self._refresh()
+        if str(query_id) not in self._where:
+            raise ValueError(f"frames: unknown query id {str(query_id)!r}")
+        try:
+            data = storage.read_bytes(self._frames_path(str(query_id)))
+        except FileNotFoundError:
+            return None
+        with np.load(io.BytesIO(data)) as npz:
+            return npz["frames_1"], npz["frames_2"]
 
     def collect(self) -> tuple[Pairs, np.ndarray]:
         """Labeled pairs of the answer files not collected before (skips and repeated

@@ -98,24 +98,36 @@ class PreferenceStore:
             storage.write_bytes(f"{folder.rstrip('/')}/{name}", data, filesystem=filesystem)
         return len(files)
 
-    def take_missing_from(self, folder: str, filesystem: pafs.FileSystem | None = None) -> int:
-        """Copy the part files of ``folder`` this store lacks (a checkpoint's copy, when
-        the store's own folder was lost or is on another machine); returns how many.
+    def restore_from(self, folder: str, filesystem: pafs.FileSystem | None = None) -> None:
+        """Make this store hold exactly the part files of ``folder`` (a checkpoint's
+        copy): the ones it lacks are copied in (its own folder was lost, or is on
+        another machine); the ones added after that checkpoint are moved, not
+        deleted, to ``<path>.superseded/`` (a run resumed from an older checkpoint
+        gathers its labels again; an asynchronous gatherer's answers are still in its
+        queue). A ``folder`` that does not exist leaves the store as it is.
         """
         fs, root = storage.resolve(folder, filesystem)
         fs = fs or pafs.LocalFileSystem()
         if fs.get_file_info(root).type != pafs.FileType.Directory:
-            return 0
-        have = set(_files.list_parquet(self.path))
-        copied = 0
-        for info in fs.get_file_info(pafs.FileSelector(root)):
-            if info.base_name.endswith(".parquet") and info.base_name not in have:
-                with fs.open_input_file(info.path) as f:
-                    storage.write_bytes(_files.join(self.path, info.base_name), f.read())
-                copied += 1
-        if copied:
-            self._scan()
-        return copied
+            return
+        saved = {
+            info.base_name: info.path
+            for info in fs.get_file_info(pafs.FileSelector(root))
+            if info.base_name.endswith(".parquet")
+        }
+        have = _files.list_parquet(self.path)
+        for name, path in saved.items():
+            if name not in have:
+                with fs.open_input_file(path) as f:
+                    storage.write_bytes(_files.join(self.path, name), f.read())
+        extra = sorted(set(have) - set(saved))
+        if extra:
+            own_fs, _ = have[extra[0]]
+            aside = f"{self.path.rstrip('/')}.superseded"
+            own_fs.create_dir(storage.resolve(aside)[1], recursive=True)
+            for name in extra:
+                own_fs.move(have[name][1], storage.resolve(_files.join(aside, name))[1])
+        self._scan()
 
 
 __all__ = ["PreferenceStore"]

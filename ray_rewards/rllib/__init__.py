@@ -24,7 +24,7 @@ from ray_rewards.rllib.adversarial import AdversarialRewards
 from ray_rewards.rllib.algorithm import LearnedRewardAlgorithm, learned_reward_algorithm_class
 from ray_rewards.rllib.config import with_adversarial_reward, with_learned_reward
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
-from ray_rewards.rllib.preference_learning import with_preference_learning
+from ray_rewards.rllib.preference_learning import preference_rounds, with_preference_learning
 from ray_rewards.rllib.record import RecordResult, record_demonstrations
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
 from ray_rewards.rllib.reward_state import REWARD_NET_FILE, state_of
@@ -38,6 +38,7 @@ __all__ = [
     "RecordResult",
     "RelabelRewards",
     "learned_reward_algorithm_class",
+    "preference_rounds",
     "record_demonstrations",
     "state_of",
     "with_adversarial_reward",

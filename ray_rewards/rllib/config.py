@@ -45,16 +45,17 @@ from ray_rewards.rllib.demonstrations import Demonstrations
 from ray_rewards.rllib.env_runner_relabel import RelabelOnEnvRunner
 from ray_rewards.rllib.episodes import Mode
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
-from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, RelabelRewards
+from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, SHARED_NET, RelabelRewards
 from ray_rewards.rllib.reward_state import state_of
 from ray_rewards.train import losses
 
 RewardSource = RewardNet | str | os.PathLike | RewardActor | RewardActorPool
+UNMATCHED_MODULES = ("env_reward", "raise")
 
 
 def with_learned_reward(
     config: AlgorithmConfig,
-    reward: RewardSource,
+    reward: RewardSource | Mapping[str, RewardNet | str | os.PathLike],
     *,
     mode: Mode = "replace",
     coef: float = 1.0,
@@ -62,6 +63,7 @@ def with_learned_reward(
     env_actions: bool = True,
     predict_kwargs: Mapping[str, Any] | None = None,
     on_non_finite: str = "skip",
+    unmatched_modules: str = "env_reward",
 ) -> AlgorithmConfig:
     """A copy of ``config`` whose algorithm trains on ``reward`` instead of the env reward.
 
@@ -76,13 +78,26 @@ def with_learned_reward(
     Env-runner mode: pass a :class:`~ray_rewards.actors.RewardActor` (or
     ``RewardActorPool``) as ``reward`` and the env runners relabel each sample
     through it (one request per ``sample()``), so the learners receive relabeled
-    episodes; see :mod:`ray_rewards.rllib.env_runner_relabel`.
+    episodes; see :mod:`ray_rewards.rllib.env_runner_relabel` (single-agent).
+
+    Multi-agent configs: ``reward`` is one net shared by every RLModule whose
+    observation and action spaces it fits, or a mapping ``{module_id: net or path}``
+    (RLModule IDs, not agent IDs; modules mapped to the same net object or path share
+    it). Each net relabels all agents of its modules in one forward pass per learner
+    update, each agent's transitions (next observation, done) its own. Modules no
+    net serves keep the env's reward, or are refused (``unmatched_modules``).
+    Spaces are checked per module when the algorithm is built. Statistics merge
+    per net; checkpoints hold one file per net (``reward_nets/<key>.pt``, with
+    ``index.json``) unless there is one net (``reward_net.pt``).
+    ``result["learned_reward"]`` then holds the totals under ``ALL_MODULES`` and
+    each module's metrics under its ID.
 
     Args:
         config: the algorithm config; it is not modified. Set its learner_connector
             (if any) before this call: it is kept, after the relabeling.
         reward: a :class:`~ray_rewards.reward_nets.RewardNet`, or the path/URI of one
-            saved by :func:`ray_rewards.serialize.save`.
+            saved by :func:`ray_rewards.serialize.save`; multi-agent, also a mapping
+            of RLModule IDs to those.
         mode: ``"replace"`` (reward = ``coef * r_net``) or ``"add"`` (``r_env + coef *
             r_net``).
         coef: scale of the net's reward.
@@ -100,6 +115,8 @@ def with_learned_reward(
             stay out of the statistics and are counted (``"skip"``, the default: one
             bad env step must not stop a cluster run), or fail the update
             (``"raise"``).
+        unmatched_modules: multi-agent: ``"env_reward"`` (modules no net serves
+            train on the env's reward) or ``"raise"`` (refuse them at build).
 
     Returns:
         The new config; build it with ``build_algo()`` (or pass ``config.algo_class``
@@ -109,8 +126,10 @@ def with_learned_reward(
         TypeError: ``config`` is not an AlgorithmConfig, or ``reward`` is not a
             RewardNet or path.
         ValueError: old API stack, an off-policy config with ``n_step != 1``, a config
-            that already has a learned reward, bad ``mode``/``coef``, or
-            ``update_stats`` with a net whose statistics cannot be merged.
+            that already has a learned reward, bad ``mode``/``coef``,
+            ``update_stats`` with a net whose statistics cannot be merged, a mapping
+            on a single-agent config or naming modules the config lacks; at build, a
+            net whose spaces do not fit its modules.
     """
     if not isinstance(config, AlgorithmConfig):
         raise TypeError(f"with_learned_reward: expected an AlgorithmConfig, got {type(config)}")
@@ -119,7 +138,17 @@ def with_learned_reward(
             "with_learned_reward: needs RLlib's new API stack (RLModule/Learner/ConnectorV2); "
             "this config has it disabled"
         )
+    if unmatched_modules not in UNMATCHED_MODULES:
+        raise ValueError(
+            f"with_learned_reward: unmatched_modules must be one of {UNMATCHED_MODULES}, "
+            f"got {unmatched_modules!r}"
+        )
     if isinstance(reward, (RewardActor, RewardActorPool)):
+        if config.is_multi_agent:
+            raise ValueError(
+                "with_learned_reward: env-runner mode (a RewardActor) relabels single-agent "
+                "episodes only; pass the net or a {module_id: net} mapping (learner mode)"
+            )
         return _relabel_on_env_runners(
             config,
             reward,
@@ -139,9 +168,13 @@ def with_learned_reward(
     previous = config_learner_connector(config)
     if isinstance(previous, LearnedRewardConnector):
         raise ValueError("with_learned_reward: this config already trains on a learned reward")
-    net = _load(reward)
+    nets, modules = _nets_by_key(config, reward)
     if update_stats:
-        networks.require_mergeable(net, "with_learned_reward: update_stats=True", ValueError)
+        for key, net in nets.items():
+            where = "" if len(nets) == 1 else f" (net {key!r})"
+            networks.require_mergeable(
+                net, f"with_learned_reward: update_stats=True{where}", ValueError
+            )
     options = {
         "mode": mode,
         "coef": coef,
@@ -152,9 +185,18 @@ def with_learned_reward(
         "on_non_finite": on_non_finite,
     }
     # Validate the options here, on the driver, rather than on each learner.
-    RelabelRewards(net, **options)
+    for net in nets.values():
+        RelabelRewards(net, **options)
+    connector = LearnedRewardConnector(
+        nets,
+        options,
+        env_actions,
+        previous,
+        modules=modules,
+        unmatched_modules=unmatched_modules,
+    )
     new = config.copy(copy_frozen=False)
-    new.learners(learner_connector=LearnedRewardConnector(net, options, env_actions, previous))
+    new.learners(learner_connector=connector)
     on_train_result = _as_list(new.callbacks_on_train_result)
     new.callbacks(on_train_result=[*on_train_result, LearnedRewardResults()])
     new.algo_class = learned_reward_algorithm_class(new.algo_class)
@@ -292,8 +334,13 @@ def with_adversarial_reward(
         raise ValueError(f"with_adversarial_reward: disc_lr must be a number > 0, got {disc_lr!r}")
     if not isinstance(config, AlgorithmConfig):
         raise TypeError(f"with_adversarial_reward: expected an AlgorithmConfig, got {type(config)}")
-    if config.is_multi_agent:
-        raise ValueError("with_adversarial_reward: multi-agent configs are not supported yet")
+    if config.is_multi_agent or isinstance(reward_net, Mapping):
+        raise ValueError(
+            "with_adversarial_reward: single-agent configs and one net only (the "
+            "discriminator trains on one module's transitions, its gradients averaged over "
+            "learners that all hold that module's data); multi-agent configs and "
+            "{module_id: net} mappings are refused"
+        )
     if getattr(config, "num_aggregator_actors_per_learner", 0):
         raise ValueError(
             "with_adversarial_reward: the discriminator trains on the learners, but this "
@@ -340,20 +387,77 @@ class LearnedRewardResults:
 
     def __call__(self, *, algorithm: Any, result: dict, **kwargs: Any) -> None:
         """Sync the copies of the net and add the learned-reward metrics to ``result``."""
-        merged = state_of(algorithm).sync(algorithm)
+        reward_state = state_of(algorithm)
+        merged = reward_state.sync(algorithm)
         # Learners log what they relabeled; with IMPALA/APPO aggregator actors, those do.
-        learned = {}
+        logged: dict[str, Any] = {}
         for key in (LEARNER_RESULTS, AGGREGATOR_ACTOR_RESULTS):
-            learned = result.get(key, {}).get(ALL_MODULES, {}).get(LEARNED_REWARD, {})
-            if learned:
+            logged = result.get(key, {})
+            if logged.get(ALL_MODULES, {}).get(LEARNED_REWARD):
                 break
-        learned = dict(learned)
+        learned = dict(logged.get(ALL_MODULES, {}).get(LEARNED_REWARD, {}))
+        if reward_state.connector.multi_agent:
+            # Totals under ALL_MODULES; each module's own, and which net relabels it
+            # (None: it trains on the env's reward).
+            learned = {ALL_MODULES: learned}
+            for module_id, net_key in sorted(reward_state.routing.items()):
+                own = logged.get(module_id, {}).get(LEARNED_REWARD, {})
+                learned[module_id] = {**own, "net": net_key}
         if merged is not None:
             learned["norm"] = {
                 name: {"count": m.count, "mean": m.mean.tolist(), "std": m.std.tolist()}
                 for name, m in merged.items()
             }
         result[LEARNED_REWARD] = learned
+
+
+def _nets_by_key(
+    config: AlgorithmConfig, reward: Any
+) -> tuple[dict[str, RewardNet], dict[str, tuple[str, ...] | None] | None]:
+    """The nets by key and, multi-agent, each net's module IDs (None: shared by every
+    module it fits); see :func:`with_learned_reward`.
+    """
+    if not isinstance(reward, Mapping):
+        net = _load(reward)
+        return {SHARED_NET: net}, ({SHARED_NET: None} if config.is_multi_agent else None)
+    if not config.is_multi_agent:
+        raise ValueError(
+            "with_learned_reward: a {module_id: net} mapping needs a multi-agent config; "
+            "pass one net for a single-agent one"
+        )
+    known = _module_ids(config)
+    unknown = sorted(str(m) for m in reward if m not in known)
+    if unknown:
+        raise ValueError(
+            f"with_learned_reward: the reward mapping names modules {unknown} that the config "
+            f"does not have; its RLModule IDs are {sorted(known)} (not agent IDs)"
+        )
+    if not reward:
+        raise ValueError("with_learned_reward: the reward mapping is empty")
+    # Modules given the same net object (or path) share one copy of it.
+    groups: dict[Any, list[str]] = {}
+    sources: dict[Any, Any] = {}
+    for module_id, source in reward.items():
+        ident = os.fspath(source) if isinstance(source, (str, os.PathLike)) else id(source)
+        groups.setdefault(ident, []).append(module_id)
+        sources[ident] = source
+    nets, modules = {}, {}
+    for ident, module_ids in groups.items():
+        key = "+".join(sorted(module_ids))
+        try:
+            nets[key] = _load(sources[ident])
+        except (TypeError, ValueError, OSError) as err:
+            raise type(err)(f"with_learned_reward: module {module_ids[0]!r}: {err}") from None
+        modules[key] = tuple(sorted(module_ids))
+    return nets, modules
+
+
+def _module_ids(config: AlgorithmConfig) -> set[str]:
+    """A multi-agent config's RLModule IDs (its RLModule spec's, else its policies)."""
+    specs = getattr(config.rl_module_spec, "rl_module_specs", None)
+    if isinstance(specs, Mapping):
+        return set(specs)
+    return set(config.policies)
 
 
 def _load(reward: RewardSource) -> RewardNet:

@@ -20,50 +20,78 @@ from ray_rewards.rllib.relabel_connector import RelabelRewards
 
 
 class LearnedRewardConnector:
-    """The ``learner_connector`` callable: builds ``[RelabelRewards, *previous pieces]``
-    (an :class:`~ray_rewards.rllib.adversarial.AdversarialRewards` for GAIL/AIRL).
+    """The ``learner_connector`` callable: builds one :class:`RelabelRewards` per reward
+    net (an :class:`~ray_rewards.rllib.adversarial.AdversarialRewards` for GAIL/AIRL),
+    then the pieces of the config's own learner connector (``previous``).
 
-    Holds the net as the bytes of its ray_rewards save file (plain data, checked for
-    safe loading when created) plus the net's module classes, which each learner
-    registers with the safe-loading allowlist before loading its copy.
+    Holds each net as the bytes of its ray_rewards save file (plain data, checked for
+    safe loading when created) plus the nets' module classes, which each learner
+    registers with the safe-loading allowlist before loading its copies.
+
+    Args:
+        nets: the nets by key (``{SHARED_NET: net}`` for one net).
+        options: RelabelRewards' options, the same for every net.
+        env_actions: the nets see the actions the env received.
+        previous: the config's learner connector before this one, kept after it.
+        adversarial: AdversarialRewards' own arguments (GAIL/AIRL; one net only).
+        modules: multi-agent: each net's RLModule IDs, None for a shared net (the
+            modules whose spaces it fits); None for a single-agent config.
+        unmatched_modules: multi-agent: ``"env_reward"`` (modules no net serves keep
+            the env's reward) or ``"raise"`` (refused when the algorithm is built).
     """
 
     # GAIL/AIRL: AdversarialRewards' own arguments (algo, demonstrations, ...); None
     # otherwise (a class default, so connectors pickled without it load as plain ones).
     adversarial: dict[str, Any] | None = None
+    unmatched_modules = "env_reward"
 
     def __init__(
         self,
-        net: RewardNet,
+        nets: Mapping[str, RewardNet],
         options: Mapping[str, Any],
         env_actions: bool = True,
         previous: Any = None,
         adversarial: Mapping[str, Any] | None = None,
+        modules: Mapping[str, tuple[str, ...] | None] | None = None,
+        unmatched_modules: str = "env_reward",
     ):
-        self.net_bytes = file_format.to_bytes(net)
-        self.net_chain = format_chain(net)
-        self.net_classes = tuple({type(m) for m in net.modules()})
+        if adversarial is not None and len(nets) != 1:
+            raise ValueError("LearnedRewardConnector: GAIL/AIRL trains exactly one net")
+        self.nets_bytes = {key: file_format.to_bytes(net) for key, net in nets.items()}
+        self.net_chains = {key: format_chain(net) for key, net in nets.items()}
+        self.net_classes = tuple({type(m) for net in nets.values() for m in net.modules()})
         self.options = dict(options)
         self.env_actions = env_actions
         self.previous = previous
+        self.modules = None if modules is None else dict(modules)
+        self.unmatched_modules = unmatched_modules
         if adversarial is not None:
             self.adversarial = dict(adversarial)
 
-    def load_net(self) -> RewardNet:
-        """A fresh CPU copy of the net."""
+    @property
+    def multi_agent(self) -> bool:
+        """Whether the config is multi-agent (nets relabel per module)."""
+        return self.modules is not None
+
+    def load_nets(self) -> dict[str, RewardNet]:
+        """Fresh CPU copies of the nets, by key."""
         for cls in self.net_classes:
             file_format.register_safe_class(cls)
-        return file_format.from_bytes(self.net_bytes, "cpu")
+        return {key: file_format.from_bytes(data, "cpu") for key, data in self.nets_bytes.items()}
 
     def __call__(self, input_observation_space: Any, input_action_space: Any) -> list[ConnectorV2]:
         """The pieces to put at the front of a learner pipeline."""
-        if self.adversarial is not None:
-            first: ConnectorV2 = AdversarialRewards(
-                self.load_net(), **self.options, **self.adversarial
-            )
-        else:
-            first = RelabelRewards(self.load_net(), **self.options)
-        pieces = [first]
+        pieces: list[ConnectorV2] = []
+        for key, net in self.load_nets().items():
+            routing = {
+                "multi_agent": self.multi_agent,
+                "module_ids": None if self.modules is None else self.modules[key],
+                "net_key": key,
+            }
+            if self.adversarial is not None:
+                pieces.append(AdversarialRewards(net, **self.options, **self.adversarial))
+            else:
+                pieces.append(RelabelRewards(net, **self.options, **routing))
         if self.previous is not None:
             more = self.previous(input_observation_space, input_action_space)
             pieces.extend(more if isinstance(more, (list, tuple)) else [more])
@@ -71,7 +99,8 @@ class LearnedRewardConnector:
 
     def __repr__(self) -> str:
         return (
-            f"LearnedRewardConnector({self.net_chain}, {self.options}, previous={self.previous!r})"
+            f"LearnedRewardConnector({self.net_chains}, {self.options}, "
+            f"modules={self.modules}, previous={self.previous!r})"
         )
 
 

@@ -28,6 +28,7 @@ whatever answers have arrived, and queries stay pending for later rounds.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import os
 import shutil
 import tempfile
@@ -149,8 +150,10 @@ class PreferenceRounds:
         self.store.copy_to(f"{path.rstrip('/')}/{LABELS_DIR}", filesystem)
 
     def restore_checkpoint(self, path: str, filesystem: Any = None) -> None:
-        """Bring back the checkpoint's labels the store's folder lacks."""
-        self.store.take_missing_from(f"{path.rstrip('/')}/{LABELS_DIR}", filesystem)
+        """Put the store back as it was at the checkpoint
+        (:meth:`~ray_rewards.preferences.PreferenceStore.restore_from`).
+        """
+        self.store.restore_from(f"{path.rstrip('/')}/{LABELS_DIR}", filesystem)
 
     def _round(self, algorithm: Any) -> None:
         parts = [
@@ -219,6 +222,22 @@ class PreferenceRounds:
             "train_loss": float(last["train_loss"]),
             "train_accuracy": float(last["train_accuracy"]),
         }
+
+
+def preference_rounds(algorithm: Any) -> PreferenceRounds:
+    """The preference loop of an algorithm built from :func:`with_preference_learning`:
+    its ``store`` (every label), ``gatherer``, ``schedule`` and ``last_training``.
+
+    Raises:
+        ValueError: the algorithm learns no reward from preferences.
+    """
+    for callback in _as_list(algorithm.config.callbacks_on_train_result):
+        if isinstance(callback, PreferenceRounds):
+            return callback
+    raise ValueError(
+        f"preference_rounds: {type(algorithm).__name__} was not configured with "
+        "with_preference_learning"
+    )
 
 
 def _ensemble(net: RewardNet) -> RewardEnsemble:
@@ -306,8 +325,14 @@ def with_preference_learning(
             raise ValueError(
                 f"with_preference_learning: {name} must be an integer >= 1, got {value!r}"
             )
-    if isinstance(config, AlgorithmConfig) and config.is_multi_agent:
-        raise ValueError("with_preference_learning: multi-agent configs are not supported yet")
+    if (isinstance(config, AlgorithmConfig) and config.is_multi_agent) or isinstance(
+        reward_net, collections.abc.Mapping
+    ):
+        raise ValueError(
+            "with_preference_learning: single-agent configs and one net only (fragments "
+            "and queries are one agent's trajectories); multi-agent configs and "
+            "{module_id: net} mappings are refused"
+        )
     net = _load(reward_net)
     if selection == "active":
         _ensemble(net)
@@ -335,4 +360,9 @@ def with_preference_learning(
     return new
 
 
-__all__ = ["KeepEnvTransitions", "PreferenceRounds", "with_preference_learning"]
+__all__ = [
+    "KeepEnvTransitions",
+    "PreferenceRounds",
+    "preference_rounds",
+    "with_preference_learning",
+]

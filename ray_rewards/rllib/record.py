@@ -125,7 +125,7 @@ def _record(
     remote = group.num_remote_env_runners() > 0
 
     def on_runner(func: Any, **kwargs: Any) -> Any:
-        # As pipeline.evaluate: the local runner, or remote runner 1 (the local one
+        # As ppo_runs.evaluate: the local runner, or remote runner 1 (the local one
         # has no env when there are remote ones).
         out = group.foreach_env_runner(
             functools.partial(func, **kwargs),

@@ -13,6 +13,11 @@ Which steps of a chunk are transitions (the lookback and an artificial bootstrap
 step are not) is written down in :mod:`ray_rewards.rllib.episodes`, which gathers
 them and writes the rewards back.
 
+Multi-agent: one piece per reward net. Each relabels the agents whose RLModule it
+serves (``module_ids``, or every module whose spaces it fits), all agents of all
+episodes in one forward pass; each agent's transitions, done flags included, are
+its own. Agents of other modules keep their rewards.
+
 Off-policy learners get a replay sample of hundreds of one-step episodes, where
 per-episode work would cost more than the net: there the piece sits just before
 ``NumpyToTensor`` instead and relabels the train batch's columns
@@ -21,7 +26,7 @@ per-episode work would cost more than the net: there the piece sits just before
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -50,8 +55,11 @@ from ray_rewards.rllib.episodes import (
 )
 from ray_rewards.stats import Moments
 
-# Where the learner logs what it relabeled: results["learners"][ALL_MODULES][LEARNED_REWARD].
+# Where the learner logs what it relabeled: results["learners"][ALL_MODULES][LEARNED_REWARD]
+# (and, multi-agent, results["learners"][<module id>][LEARNED_REWARD]).
 LEARNED_REWARD = "learned_reward"
+# The key of the one net of a single-agent config, or of one net shared by all modules.
+SHARED_NET = "shared"
 
 # What from_batch reads from each module's train batch.
 _BATCH_COLUMNS = (
@@ -112,6 +120,12 @@ class RelabelRewards(ConnectorV2):
             hold NaN or inf: ``"skip"`` (default) gives them reward 0, keeps them out
             of the net and its statistics, and counts them in the metrics, so one bad
             env step does not stop a cluster run; ``"raise"`` fails the update.
+        multi_agent: the episodes are multi-agent: relabel only the agents of the
+            modules this net serves (``module_ids``), and log per module too.
+        module_ids: the RLModule IDs whose agents this net relabels; None: every
+            module whose observation and action spaces equal the net's.
+        net_key: which of the algorithm's nets this is (:data:`SHARED_NET` for the
+            only one), for merging statistics and checkpoints per net.
 
     Off-policy algorithms: the replay buffer's episodes must be one-step
     transitions (``n_step=1``); an n-step sample holds a discounted reward sum
@@ -120,7 +134,8 @@ class RelabelRewards(ConnectorV2):
     Metrics (when the pipeline has a MetricsLogger, as on a Learner): under
     ``(ALL_MODULES, "learned_reward")`` the ``mean``/``min``/``max`` of the net's
     processed reward, ``env_reward_mean`` (the episodes' rewards before
-    relabeling), ``num_transitions`` and ``num_non_finite`` (transitions skipped).
+    relabeling), ``num_transitions`` and ``num_non_finite`` (transitions skipped);
+    multi-agent, the same under ``(<module id>, "learned_reward")`` per module.
     """
 
     def __init__(
@@ -136,6 +151,9 @@ class RelabelRewards(ConnectorV2):
         from_batch: bool = False,
         copy_episodes: bool = False,
         on_non_finite: str = "skip",
+        multi_agent: bool = False,
+        module_ids: Collection[str] | None = None,
+        net_key: str = SHARED_NET,
         input_observation_space: Any = None,
         input_action_space: Any = None,
         **kwargs: Any,
@@ -171,6 +189,27 @@ class RelabelRewards(ConnectorV2):
             self._predict_kwargs["update_stats"] = self.update_stats
         self._action_struct = get_base_struct_from_space(reward_net.action_space)
         self.norm_sync = networks.NormSync(reward_net)
+        self.multi_agent = bool(multi_agent)
+        self.module_ids = None if module_ids is None else frozenset(module_ids)
+        self.net_key = net_key
+        self._fits: dict[Any, bool] = {}  # module id -> the shared net fits its spaces
+
+    def relabels(self, module_id: Any, rl_module: RLModule | None) -> bool:
+        """Whether this piece relabels the agents of module ``module_id``: all of them
+        single-agent; multi-agent, those of its ``module_ids``, or (a shared net)
+        those of the modules whose spaces equal the net's.
+        """
+        if not self.multi_agent:
+            return True
+        if self.module_ids is not None:
+            return module_id in self.module_ids
+        if module_id not in self._fits:
+            module = rl_module[module_id] if isinstance(rl_module, MultiRLModule) else None
+            self._fits[module_id] = module is not None and (
+                module.observation_space == self.reward_net.observation_space
+                and module.action_space == self.reward_net.action_space
+            )
+        return self._fits[module_id]
 
     def __call__(
         self,
@@ -191,9 +230,11 @@ class RelabelRewards(ConnectorV2):
         bootstrap_step = bool(shared_data and shared_data.get(BOOTSTRAP_STEP_ADDED))
         if self.copy_episodes:
             detach_rewards(episodes)
+        # Each agent's own chunk (its own next observation and done), for this net.
         chunks = [
             (e, len(e) - bootstrap_step)
             for e in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False)
+            if self.relabels(e.module_id, rl_module)
         ]
         chunks = [(e, n) for e, n in chunks if n > 0]
         if not chunks:
@@ -204,17 +245,22 @@ class RelabelRewards(ConnectorV2):
         )
         learned, skipped = self._predict(state, action, next_state, done)
         env_rewards = write_rewards(chunks, learned, self.mode, self.coef)
-        self._log(metrics, learned, env_rewards, skipped)
+        modules = [e.module_id for e, _ in chunks] if self.multi_agent else None
+        rows = [n for _, n in chunks]
+        self._log(metrics, learned, env_rewards, skipped, modules, rows)
         return batch
 
     def _relabel_batch(
         self, rl_module: RLModule | None, batch: dict[str, Any], metrics: MetricsLogger | None
     ) -> dict[str, Any]:
-        """``from_batch``: each module's REWARDS column from its OBS, ACTIONS, NEXT_OBS
-        and TERMINATEDS columns (numpy, one row per transition).
+        """``from_batch``: the REWARDS column of each module this net serves, from its
+        OBS, ACTIONS, NEXT_OBS and TERMINATEDS columns (numpy, one row per
+        transition); every module's rows in one forward pass.
         """
-        self._move_to(_module_device(rl_module))
+        modules = []
         for module_id, columns in batch.items():
+            if not self.relabels(module_id, rl_module):
+                continue
             missing = [c for c in _BATCH_COLUMNS if c not in columns]
             if missing:
                 raise ValueError(
@@ -222,23 +268,39 @@ class RelabelRewards(ConnectorV2):
                     f"{missing}; place the piece after RLlib's BatchIndividualItems in a "
                     "pipeline that adds next observations (off-policy learners)"
                 )
-            env_rewards = np.asarray(columns[Columns.REWARDS], dtype=np.float64)
-            if not len(env_rewards):
-                continue
-            learned, skipped = self._predict(
-                columns[Columns.OBS],
-                env_actions(
-                    columns[Columns.ACTIONS],
-                    self._action_struct,
-                    self.normalize_actions,
-                    self.clip_actions,
-                ),
-                columns[Columns.NEXT_OBS],
-                np.asarray(columns[Columns.TERMINATEDS], dtype=np.float32),
+            if len(columns[Columns.REWARDS]):
+                modules.append(module_id)
+        if not modules:
+            return batch
+        self._move_to(_module_device(rl_module))
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate([np.asarray(batch[m][name]) for m in modules])
+
+        env_rewards = column(Columns.REWARDS).astype(np.float64)
+        learned, skipped = self._predict(
+            column(Columns.OBS),
+            env_actions(
+                column(Columns.ACTIONS),
+                self._action_struct,
+                self.normalize_actions,
+                self.clip_actions,
+            ),
+            column(Columns.NEXT_OBS),
+            column(Columns.TERMINATEDS).astype(np.float32),
+        )
+        new = new_rewards(learned, env_rewards, self.mode, self.coef)
+        rows = [len(batch[m][Columns.REWARDS]) for m in modules]
+        start = 0
+        for module_id, n in zip(modules, rows):
+            columns = batch[module_id]
+            columns[Columns.REWARDS] = new[start : start + n].astype(
+                reward_dtype(np.asarray(columns[Columns.REWARDS]).dtype)
             )
-            new = new_rewards(learned, env_rewards, self.mode, self.coef)
-            columns[Columns.REWARDS] = new.astype(reward_dtype(columns[Columns.REWARDS].dtype))
-            self._log(metrics, learned, env_rewards, skipped)
+            start += n
+        self._log(
+            metrics, learned, env_rewards, skipped, modules if self.multi_agent else None, rows
+        )
         return batch
 
     @staticmethod
@@ -246,22 +308,37 @@ class RelabelRewards(ConnectorV2):
         metrics: MetricsLogger | None,
         learned: np.ndarray,
         env_rewards: np.ndarray,
-        num_non_finite: int,
+        skipped: np.ndarray,
+        modules: list[Any] | None = None,
+        rows: list[int] | None = None,
     ) -> None:
+        """Log the call's statistics under ALL_MODULES and, given ``modules`` (one per
+        group of ``rows`` consecutive transitions), under each module as well.
+        """
         if metrics is None:
             return
-        key = (ALL_MODULES, LEARNED_REWARD)
-        metrics.log_value((*key, "num_non_finite"), num_non_finite, reduce="sum")
-        metrics.log_value((*key, "mean"), float(learned.mean()), reduce="mean")
-        metrics.log_value((*key, "min"), float(learned.min()), reduce="min")
-        metrics.log_value((*key, "max"), float(learned.max()), reduce="max")
-        metrics.log_value((*key, "env_reward_mean"), float(env_rewards.mean()), reduce="mean")
-        metrics.log_value((*key, "num_transitions"), len(learned), reduce="sum")
+        parts = [(ALL_MODULES, slice(None))]
+        if modules is not None and rows is not None:
+            ends = np.cumsum(rows)
+            per_module: dict[Any, list[np.ndarray]] = {}
+            for module_id, end, n in zip(modules, ends, rows):
+                per_module.setdefault(module_id, []).append(np.arange(end - n, end))
+            parts += [(m, np.concatenate(r)) for m, r in per_module.items()]
+        for module_id, index in parts:
+            key = (module_id, LEARNED_REWARD)
+            values, env = learned[index], env_rewards[index]
+            metrics.log_value((*key, "num_non_finite"), int(skipped[index].sum()), reduce="sum")
+            metrics.log_value((*key, "mean"), float(values.mean()), reduce="mean")
+            metrics.log_value((*key, "min"), float(values.min()), reduce="min")
+            metrics.log_value((*key, "max"), float(values.max()), reduce="max")
+            metrics.log_value((*key, "env_reward_mean"), float(env.mean()), reduce="mean")
+            metrics.log_value((*key, "num_transitions"), len(values), reduce="sum")
 
     def _predict(
         self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray, done: np.ndarray
-    ) -> tuple[np.ndarray, int]:
-        """The net's rewards for every transition, and how many had non-finite inputs.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The net's rewards for every transition, and which had non-finite inputs
+        (a boolean mask).
 
         Those transitions (an env that emitted NaN or inf) get reward 0 and never reach
         the net or its statistics, unless ``on_non_finite="raise"``.
@@ -274,22 +351,23 @@ class RelabelRewards(ConnectorV2):
                 for row in preprocessing.non_finite_rows(np.asarray(arr))
             }
         )
+        skipped = np.zeros(len(done), dtype=bool)
         if not bad:
-            return self._predict_rows(state, action, next_state, done), 0
+            return self._predict_rows(state, action, next_state, done), skipped
         if self.on_non_finite == "raise":
             raise ValueError(
                 f"RelabelRewards: {len(bad)} of {len(done)} transitions have NaN or inf "
                 f"observations or actions (rows {preprocessing.format_rows(bad)}); "
                 'pass on_non_finite="skip" to give them reward 0 and go on'
             )
-        finite = np.ones(len(done), dtype=bool)
-        finite[bad] = False
+        skipped[bad] = True
+        finite = ~skipped
         learned = np.zeros(len(done), dtype=np.float32)
         if finite.any():
             learned[finite] = self._predict_rows(
                 state[finite], action[finite], next_state[finite], done[finite]
             )
-        return learned, len(bad)
+        return learned, skipped
 
     def _predict_rows(
         self, state: np.ndarray, action: np.ndarray, next_state: np.ndarray, done: np.ndarray

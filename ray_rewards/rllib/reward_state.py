@@ -8,11 +8,18 @@ iteration and hands the merged result back to each, so that every copy, and the
 net saved with a checkpoint, holds what one RunningNorm would after seeing every
 relabeled transition. Checkpoints save that copy as ``<checkpoint>/reward_net.pt``
 (:data:`REWARD_NET_FILE`) and restoring one pushes it to every copy.
+
+Multi-agent configs may relabel with several nets (one per group of RLModules): each
+is kept, merged and pushed by its key, and checkpoints hold one file per net under
+``<checkpoint>/reward_nets/`` (:data:`REWARD_NETS_DIR`) with an ``index.json`` that
+maps module IDs to files.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +36,7 @@ from ray_rewards.reward_nets import RewardNet
 from ray_rewards.rllib._compat import aggregator_actors, config_learner_connector, learner_pipeline
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
 from ray_rewards.rllib.relabel_connector import (
+    SHARED_NET,
     RelabelRewards,
     find_relabel_pieces,
     numpy_state_dict,
@@ -39,26 +47,46 @@ if TYPE_CHECKING:
     from ray.rllib.algorithms.algorithm import Algorithm
 
 REWARD_NET_FILE = storage.NET_FILE
+REWARD_NETS_DIR = "reward_nets"
+INDEX_FILE = "index.json"
 OPTIMIZER_FILE = "discriminator_optimizer.pt"
 _STATE_ATTR = "_ray_rewards_learned_reward"
 
 
 class LearnedRewardState:
-    """The reference copy of the net for one algorithm, and the options it runs with."""
+    """The reference copies of the nets for one algorithm, and the options they run with."""
 
     def __init__(self, connector: LearnedRewardConnector):
         self.connector = connector
-        self.net: RewardNet = connector.load_net()
+        self.nets: dict[str, RewardNet] = connector.load_nets()
         self.adversarial = connector.adversarial is not None
         # A discriminator's input statistics move on every learner as it trains.
         self.update_stats: bool = bool(connector.options.get("update_stats", False)) or (
             self.adversarial and bool(networks.norm_moments(self.net))
         )
         self.optimizer_state: dict[str, Any] | None = None
+        # Multi-agent: module id -> key of the net relabeling it (None: the env's reward).
+        self.routing: dict[str, str | None] = {}
+
+    @property
+    def net(self) -> RewardNet:
+        """The net (of a config with one; multi-agent configs with several: :attr:`nets`)."""
+        if len(self.nets) != 1:
+            raise ValueError(
+                f"this algorithm relabels with {len(self.nets)} nets ({sorted(self.nets)}): "
+                "use .nets[key]"
+            )
+        return next(iter(self.nets.values()))
+
+    @net.setter
+    def net(self, net: RewardNet) -> None:
+        (key,) = self.nets
+        self.nets[key] = net
 
     def check(self, algorithm: Algorithm) -> None:
-        """ValueError unless the net fits the algorithm: the env's (single) spaces, and
-        action handling still as it was when ``with_learned_reward`` read the config.
+        """ValueError unless the nets fit the algorithm: the env's (single) spaces, or
+        multi-agent each module's; and action handling still as it was when
+        ``with_learned_reward`` read the config.
         """
         config = algorithm.config
         if self.connector.env_actions and (
@@ -70,19 +98,53 @@ class LearnedRewardState:
                 "with_learned_reward read them (it gives the net the actions the env gets); "
                 "set env_runners(normalize_actions=..., clip_actions=...) before calling it"
             )
+        if self.connector.multi_agent:
+            self._route(algorithm)
+            return
         spaces = getattr(algorithm, "spaces", None) or {}
         if INPUT_ENV_SINGLE_SPACES not in spaces:
             return
-        for what, net_space, env_space in zip(
-            ("observation", "action"),
-            (self.net.observation_space, self.net.action_space),
-            spaces[INPUT_ENV_SINGLE_SPACES],
-        ):
-            if net_space != env_space:
-                raise ValueError(
-                    f"with_learned_reward: the reward net's {what} space {net_space} does not "
-                    f"match the environment's {env_space}"
-                )
+        _check_spaces(self.net, spaces[INPUT_ENV_SINGLE_SPACES], "the environment's")
+
+    def _route(self, algorithm: Algorithm) -> None:
+        """Multi-agent: check each net against the spaces of the modules it serves (as
+        the learners built them) and record which net relabels which module.
+        """
+        module_spaces = _foreach_learner(
+            algorithm,
+            lambda learner: {
+                mid: (m.observation_space, m.action_space) for mid, m in learner.module.items()
+            },
+        )[0]
+        routing: dict[str, str | None] = dict.fromkeys(module_spaces)
+        for key, module_ids in (self.connector.modules or {}).items():
+            net = self.nets[key]
+            if module_ids is None:  # a shared net: every module it fits
+                fits = [m for m, sp in module_spaces.items() if _fits(net, sp)]
+                if not fits:
+                    raise ValueError(
+                        f"with_learned_reward: the reward net (observation space "
+                        f"{net.observation_space}, action space {net.action_space}) fits none "
+                        f"of the modules: {_describe(module_spaces)}"
+                    )
+                routing.update(dict.fromkeys(fits, key))
+                continue
+            for mid in module_ids:
+                if mid not in module_spaces:
+                    raise ValueError(
+                        f"with_learned_reward: no RLModule {mid!r}; the algorithm has "
+                        f"{sorted(module_spaces)}"
+                    )
+                _check_spaces(net, module_spaces[mid], f"module {mid!r}'s")
+                routing[mid] = key
+        left = sorted(m for m, key in routing.items() if key is None)
+        if left and self.connector.unmatched_modules == "raise":
+            raise ValueError(
+                f"with_learned_reward: no reward net for modules {left} "
+                '(unmatched_modules="raise"); map them, or let them keep the env reward '
+                'with unmatched_modules="env_reward"'
+            )
+        self.routing = routing
 
     def place_pieces(self, algorithm: Algorithm) -> None:
         """Set up every learner's RelabelRewards for where its episodes come from.
@@ -134,15 +196,21 @@ class LearnedRewardState:
     def sync(self, algorithm: Algorithm) -> dict[str, Moments] | None:
         """Merge the statistics every copy added since the last sync; give all the result.
 
-        Returns the merged moments per layer, or None when statistics are frozen.
+        Returns the merged moments per layer (several nets: per ``"<key>/<layer>"``),
+        or None when statistics are frozen.
         """
         if not self.update_stats:
             return None
-        reports = _foreach_piece(algorithm, lambda piece: piece.norm_report())
-        merged = networks.merge_norm_reports(networks.norm_moments(self.net), reports)
-        networks.set_norm_moments(self.net, merged)
-        _foreach_piece(algorithm, lambda piece: piece.absorb_norm_moments(merged))
-        return merged
+        reports = _foreach_piece(algorithm, lambda piece: (piece.net_key, piece.norm_report()))
+        merged: dict[str, dict[str, Moments]] = {}
+        for key, net in self.nets.items():
+            own = [report for k, report in reports if k == key]
+            merged[key] = networks.merge_norm_reports(networks.norm_moments(net), own)
+            networks.set_norm_moments(net, merged[key])
+        _foreach_piece(algorithm, lambda piece: piece.absorb_norm_moments(merged[piece.net_key]))
+        if len(merged) == 1:
+            return next(iter(merged.values()))
+        return {f"{key}/{layer}": m for key, per in merged.items() for layer, m in per.items()}
 
     def pull(self, algorithm: Algorithm) -> None:
         """GAIL/AIRL: take the trained net and its optimizer's state from the first
@@ -155,52 +223,126 @@ class LearnedRewardState:
         self.optimizer_state = state["optimizer"]
 
     def push(self, algorithm: Algorithm) -> None:
-        """Load this copy's parameters and statistics (and a discriminator's optimizer
-        state) into every copy.
+        """Load these copies' parameters and statistics (and a discriminator's optimizer
+        state) into every learner's copy of the same net.
         """
-        state: dict[str, Any] = {"reward_net": numpy_state_dict(self.net)}
-        if self.optimizer_state is not None:
-            state["optimizer"] = self.optimizer_state
-        _foreach_piece(algorithm, lambda piece: piece.set_state(state))
+        states: dict[str, dict[str, Any]] = {}
+        for key, net in self.nets.items():
+            states[key] = {"reward_net": numpy_state_dict(net)}
+            if self.optimizer_state is not None:
+                states[key]["optimizer"] = self.optimizer_state
+        _foreach_piece(algorithm, lambda piece: piece.set_state(states[piece.net_key]))
 
-    def learner_moments(self, algorithm: Algorithm) -> list[dict[str, Moments]]:
-        """Each copy's current normalization moments (to check they agree)."""
-        return _foreach_piece(algorithm, lambda piece: networks.norm_moments(piece.reward_net))
+    def learner_moments(
+        self, algorithm: Algorithm, key: str | None = None
+    ) -> list[dict[str, Moments]]:
+        """Each learner copy's current normalization moments of net ``key`` (default:
+        the only net), to check they agree.
+        """
+        if key is None:
+            (key,) = self.nets if len(self.nets) == 1 else (None,)
+            if key is None:
+                raise ValueError(f"learner_moments: name the net, one of {sorted(self.nets)}")
+        return [
+            moments
+            for k, moments in _foreach_piece(
+                algorithm, lambda piece: (piece.net_key, networks.norm_moments(piece.reward_net))
+            )
+            if k == key
+        ]
 
     def save(self, path: str, filesystem: pafs.FileSystem | None = None) -> str:
-        """Write the net (merged statistics included) as ``<path>/reward_net.pt``, and a
+        """Write the net (merged statistics included) as ``<path>/reward_net.pt`` (several
+        nets: ``<path>/reward_nets/<key>.pt`` and ``index.json``), and a
         discriminator's optimizer state as ``<path>/discriminator_optimizer.pt``.
+        Returns the net's file (several: the index).
         """
-        target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
-        file_format.save(self.net, target, filesystem=filesystem)
+        root = path.rstrip("/")
+        if len(self.nets) == 1:
+            target = f"{root}/{REWARD_NET_FILE}"
+            file_format.save(self.net, target, filesystem=filesystem)
+        else:
+            files = {key: f"{_file_name(key)}.pt" for key in self.nets}
+            for key, net in self.nets.items():
+                file_format.save(
+                    net, f"{root}/{REWARD_NETS_DIR}/{files[key]}", filesystem=filesystem
+                )
+            index = {"files": files, "modules": self.routing}
+            target = f"{root}/{REWARD_NETS_DIR}/{INDEX_FILE}"
+            storage.write_bytes(target, json.dumps(index, indent=1).encode(), filesystem=filesystem)
         if self.optimizer_state is not None:
             buffer = io.BytesIO()
             th.save(self.optimizer_state, buffer)
             storage.write_bytes(
-                f"{path.rstrip('/')}/{OPTIMIZER_FILE}", buffer.getvalue(), filesystem=filesystem
+                f"{root}/{OPTIMIZER_FILE}", buffer.getvalue(), filesystem=filesystem
             )
         return target
 
     def restore(
         self, algorithm: Algorithm, path: str, filesystem: pafs.FileSystem | None = None
     ) -> bool:
-        """Load ``<path>/reward_net.pt`` (if there is one) here and into every copy."""
-        target = f"{path.rstrip('/')}/{REWARD_NET_FILE}"
-        try:
-            net = file_format.load(target, device="cpu", filesystem=filesystem)
-        except FileNotFoundError:
-            return False
-        if type(net) is not type(self.net):
-            raise TypeError(
-                f"{target}: holds a {format_chain(net)}, but the algorithm relabels "
-                f"with a {format_chain(self.net)}"
-            )
-        self.net = net
+        """Load the checkpoint's net files (if there are any) here and into every copy."""
+        root = path.rstrip("/")
+        if len(self.nets) == 1:
+            targets = {next(iter(self.nets)): f"{root}/{REWARD_NET_FILE}"}
+        else:
+            try:
+                index = json.loads(
+                    storage.read_bytes(
+                        f"{root}/{REWARD_NETS_DIR}/{INDEX_FILE}", filesystem=filesystem
+                    )
+                )
+            except FileNotFoundError:
+                return False
+            if sorted(index["files"]) != sorted(self.nets):
+                raise ValueError(
+                    f"{root}: holds the nets {sorted(index['files'])}, but the algorithm "
+                    f"relabels with {sorted(self.nets)}"
+                )
+            targets = {k: f"{root}/{REWARD_NETS_DIR}/{f}" for k, f in index["files"].items()}
+        loaded = {}
+        for key, target in targets.items():
+            try:
+                net = file_format.load(target, device="cpu", filesystem=filesystem)
+            except FileNotFoundError:
+                return False
+            if type(net) is not type(self.nets[key]):
+                raise TypeError(
+                    f"{target}: holds a {format_chain(net)}, but the algorithm relabels "
+                    f"with a {format_chain(self.nets[key])}"
+                )
+            loaded[key] = net
+        self.nets.update(loaded)
         if self.adversarial:
-            data = storage.read_bytes(f"{path.rstrip('/')}/{OPTIMIZER_FILE}", filesystem=filesystem)
+            data = storage.read_bytes(f"{root}/{OPTIMIZER_FILE}", filesystem=filesystem)
             self.optimizer_state = th.load(io.BytesIO(data), weights_only=True)
         self.push(algorithm)
         return True
+
+
+def _fits(net: RewardNet, spaces: tuple[Any, Any]) -> bool:
+    return net.observation_space == spaces[0] and net.action_space == spaces[1]
+
+
+def _check_spaces(net: RewardNet, spaces: tuple[Any, Any], whose: str) -> None:
+    """ValueError naming the space of ``net`` that differs from ``whose`` ``spaces``."""
+    for what, net_space, space in zip(
+        ("observation", "action"), (net.observation_space, net.action_space), spaces
+    ):
+        if net_space != space:
+            raise ValueError(
+                f"with_learned_reward: the reward net's {what} space {net_space} does not "
+                f"match {whose} {space}"
+            )
+
+
+def _describe(module_spaces: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"{mid!r}: {obs}, {act}" for mid, (obs, act) in sorted(module_spaces.items()))
+
+
+def _file_name(key: str) -> str:
+    """A file name for net ``key`` (module IDs are any strings)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", key) or SHARED_NET
 
 
 def state_of(algorithm: Algorithm) -> LearnedRewardState:
