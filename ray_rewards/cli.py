@@ -15,6 +15,7 @@ import click
 
 from ray_rewards import __version__, imitation_files, jobs, serialize
 from ray_rewards._supervise import run_supervised
+from ray_rewards.labeling.command import label
 
 _USER_ERRORS = (OSError, ValueError, TypeError, KeyError, pickle.UnpicklingError)
 
@@ -237,7 +238,8 @@ def train_reward(config_path: str, address: str | None, fresh: bool) -> None:
     import ray
     import ray.train
 
-    if not ray.is_initialized():
+    # In-process training (one CPU worker, local storage) needs no Ray runtime.
+    if not trainer.in_process(cfg) and not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
     with _reported("reward training", (ray.train.TrainingFailedError,)):
         result = trainer.train(cfg, fresh=fresh)
@@ -312,6 +314,55 @@ def job(job_name: str, config_path: str, storage_path: str | None) -> None:
     except (OSError, ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from err
     jobs.run_job(cfg)
+
+
+@main.command("doctor")
+@click.option(
+    "--job",
+    "job_name",
+    metavar="KIND",
+    type=click.Choice(sorted(jobs.JOBS)),
+    default=None,
+    help=f"The job to check for: {', '.join(sorted(jobs.JOBS))} (default: any).",
+)
+@click.option(
+    "--storage", "storage_path", metavar="PATH_OR_URI", default=None, help="Its storage_path."
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    default=None,
+    help="Ray cluster (default: RAY_ADDRESS, else none: this process only).",
+)
+@click.option(
+    "--timeout",
+    metavar="SECONDS",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="For joining the cluster and for each group's probe.",
+)
+def doctor(
+    job_name: str | None, storage_path: str | None, address: str | None, timeout: float
+) -> None:
+    """Check what would stop a job before it starts: Python, Ray and package versions,
+    torch vs GPUs and driver, the optional pieces the job imports, writing to its
+    storage, Ray's auth token and, on a Ray cluster, one probe on every worker group.
+
+    Prints one line per finding (ok / warn / FAIL, what, what was found, and the fix of
+    every non-ok one); exit code 1 when a FAIL would stop the job.
+    """
+    from ray_rewards import doctor as doctor_module
+
+    findings = doctor_module.run_checks(job_name, storage_path, address, timeout)
+    for finding in findings:
+        click.echo(finding.line())
+    failures = [f for f in findings if f.status == "FAIL"]
+    if failures:
+        raise click.ClickException(f"{len(failures)} FAIL finding(s): fix them before the job")
+
+
+main.add_command(label)
 
 
 def entry() -> None:
