@@ -86,6 +86,12 @@ def import_imitation(input_path: str, output_path: str) -> None:
     help="A load_reward type; default: the net's predict_processed, statistics frozen.",
 )
 @click.option("--column", default="learned_rewards", show_default=True, help="New column.")
+@click.option(
+    "--as-rewards",
+    is_flag=True,
+    help="Write the learned rewards as RLlib's `rewards` column (what its offline input "
+    "trains on), keeping the recorded ones as `env_rewards` (same as --column rewards).",
+)
 @click.option("--batch-size", default=1024, show_default=True, help="Rows per forward pass.")
 @click.option("--concurrency", default=1, show_default=True, help="Actors, one net copy each.")
 @click.option("--num-gpus", default=0.0, show_default=True, help="GPUs per actor.")
@@ -111,6 +117,7 @@ def relabel(
     reward_path: str,
     reward_type: str | None,
     column: str,
+    as_rewards: bool,
     batch_size: int,
     concurrency: int,
     num_gpus: float,
@@ -130,6 +137,11 @@ def relabel(
     import time
 
     from ray_rewards import data
+
+    if as_rewards:
+        if column not in ("learned_rewards", data.AS_REWARDS):
+            raise click.UsageError(f"--as-rewards writes `rewards`; drop --column {column}")
+        column = data.AS_REWARDS
 
     failures: tuple[type[BaseException], ...] = ()
     cluster = address or os.environ.get("RAY_ADDRESS")

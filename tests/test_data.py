@@ -178,7 +178,7 @@ def test_bad_options(ray_session):
     net = make_net()
     ds = ray.data.from_items(as_rows(transitions(4)))
     with pytest.raises(ValueError, match="RLlib's columns"):
-        data.relabel_dataset(ds, net, column="rewards")
+        data.relabel_dataset(ds, net, column="terminateds")
     with pytest.raises(ValueError, match="pass the RewardNet object"):
         data.relabel_dataset(ds, "some/path.pt", update_stats=True)
     ema = NormalizedRewardNet(net.base, networks.EMANorm)

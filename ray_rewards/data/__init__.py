@@ -28,6 +28,7 @@ Modules:
 
 from __future__ import annotations
 
+from ray_rewards.data.batches import AS_REWARDS, ENV_REWARDS
 from ray_rewards.data.columns import (
     ACTIONS,
     NEXT_OBS,
@@ -49,6 +50,8 @@ from ray_rewards.data.relabel import relabel_dataset, root_cause
 
 __all__ = [
     "ACTIONS",
+    "AS_REWARDS",
+    "ENV_REWARDS",
     "NEXT_OBS",
     "OBS",
     "REWARDS",

@@ -32,17 +32,33 @@ if TYPE_CHECKING:
     from ray_rewards.actors.wire import RewardSource
 
 
+AS_REWARDS = "rewards"
+"""The output column that makes the learned rewards RLlib's ``rewards`` (the recorded
+ones kept as :data:`ENV_REWARDS`), so RLlib's offline input trains on them."""
+ENV_REWARDS = "env_rewards"
+
+
 def check_output_column(column: Any, existing: Sequence[str] = ()) -> None:
     """ValueError unless ``column`` is a usable name for the new column: a non-empty
     string that is neither one of RLlib's columns nor already in the data (the
-    original data is never overwritten).
+    original data is never overwritten); or ``"rewards"`` (:data:`AS_REWARDS`), when
+    the data has no ``env_rewards`` column to keep the recorded rewards in.
     """
     if not isinstance(column, str) or not column.strip():
         raise ValueError(f"column: expected a non-empty column name, got {column!r}")
+    if column == AS_REWARDS:
+        if ENV_REWARDS in existing:
+            raise ValueError(
+                f"column: writing the learned rewards as {AS_REWARDS!r} keeps the recorded "
+                f"ones as {ENV_REWARDS!r}, which the data already has (nothing is overwritten)"
+            )
+        return
     if column in RLLIB_COLUMNS:
         raise ValueError(
             f"column: {column!r} is one of RLlib's columns {list(RLLIB_COLUMNS)}; choose "
-            "another name (the original data is kept; rename it afterwards if you want)"
+            "another name (the original data is kept; rename it afterwards if you want), or "
+            f"{AS_REWARDS!r} to write the learned rewards as RLlib's rewards (the recorded "
+            f"ones kept as {ENV_REWARDS!r})"
         )
     if column in existing:
         raise ValueError(
@@ -203,7 +219,14 @@ class BatchRelabeler:
             names = ", ".join(f"{arg}={col!r}" for arg, col in INPUTS)
             raise ValueError(f"{err} (the net's inputs come from columns {names})") from err
         check_output_column(self.column, batch.column_names)
-        return batch.append_column(self.column, pa.array(rewards))
+        if self.column != AS_REWARDS:
+            return batch.append_column(self.column, pa.array(rewards))
+        # RLlib's offline input reads `rewards`: the learned ones go there, in the
+        # recorded column's type; the recorded ones stay, as `env_rewards`.
+        recorded = batch.column(AS_REWARDS)
+        names = [ENV_REWARDS if n == AS_REWARDS else n for n in batch.column_names]
+        learned = pa.array(rewards).cast(recorded.type)
+        return batch.rename_columns(names).append_column(AS_REWARDS, learned)
 
     def merge_into(self, net: RewardNet) -> None:
         """Merge the statistics this copy added (``update_stats``) into ``net``, as the
@@ -216,6 +239,8 @@ class BatchRelabeler:
 
 
 __all__ = [
+    "AS_REWARDS",
+    "ENV_REWARDS",
     "BatchRelabeler",
     "as_source",
     "check_options",

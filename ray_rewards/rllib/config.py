@@ -1,5 +1,10 @@
 """``with_learned_reward``: one call that makes any RLlib algorithm train on a reward net.
 
+Reason for its length: the public entry points (``with_learned_reward``,
+``with_adversarial_reward``) with their long user-facing docstrings and every check of
+their arguments (single- and multi-agent, online and offline), so each refusal is
+found next to the option it guards.
+
 It returns a copy of the config with three additions:
 
 1. A learner connector
@@ -80,6 +85,14 @@ def with_learned_reward(
     through it (one request per ``sample()``), so the learners receive relabeled
     episodes; see :mod:`ray_rewards.rllib.env_runner_relabel` (single-agent).
 
+    Offline algorithms that use rewards (MARWIL, CQL, IQL, reading
+    ``config.offline_data(input_=...)``): RLlib's ``OfflinePreLearner`` runs the
+    learner pipeline in Ray Data workers, so the recorded rewards of every batch
+    are replaced (or added to) there, one forward per batch; the net gets the
+    data's actions as recorded. Statistics stay frozen there (``update_stats`` is
+    refused) and ``result["learned_reward"]`` stays empty (those workers have no
+    metrics logger in RLlib 2.60). BC, which ignores rewards, is refused.
+
     Multi-agent configs: ``reward`` is one net shared by every RLModule whose
     observation and action spaces it fits, or a mapping ``{module_id: net or path}``
     (RLModule IDs, not agent IDs; modules mapped to the same net object or path share
@@ -158,6 +171,9 @@ def with_learned_reward(
             env_actions=env_actions,
             predict_kwargs=predict_kwargs,
         )
+    offline = _reads_offline_data(config)
+    if offline:
+        env_actions = _check_offline(config, update_stats)
     n_step = getattr(config, "n_step", 1)
     if n_step != 1:
         raise ValueError(
@@ -409,6 +425,35 @@ class LearnedRewardResults:
                 for name, m in merged.items()
             }
         result[LEARNED_REWARD] = learned
+
+
+def _reads_offline_data(config: AlgorithmConfig) -> bool:
+    """Whether the algorithm trains on recorded data (``config.offline_data(input_=...)``)."""
+    return config.input_ != "sampler"
+
+
+def _check_offline(config: AlgorithmConfig, update_stats: bool) -> bool:
+    """Offline algorithms: ValueError for those that ignore rewards (BC) and for
+    ``update_stats``; returns ``env_actions`` for them: False, the data's actions
+    being what was recorded, which the net is given as they are.
+    """
+    from ray.rllib.algorithms.bc import BCConfig
+    from ray.rllib.algorithms.marwil import MARWILConfig
+
+    if isinstance(config, BCConfig) or (isinstance(config, MARWILConfig) and config.beta == 0):
+        raise ValueError(
+            f"with_learned_reward: {type(config).__name__} is behaviour cloning (MARWIL with "
+            "beta=0): it ignores rewards, so a learned reward would change nothing; use "
+            "MARWIL (beta > 0), CQL or IQL"
+        )
+    if update_stats:
+        raise ValueError(
+            "with_learned_reward: update_stats=True cannot merge statistics offline: RLlib "
+            "relabels offline batches in Ray Data workers (OfflinePreLearner) that the "
+            "driver does not reach. Fit the statistics when training the reward, or "
+            "relabel the data set with `ray-rewards relabel --update-stats`"
+        )
+    return False
 
 
 def _nets_by_key(
