@@ -92,6 +92,9 @@ def crash_once(marker: str, epoch: int, batches_per_epoch: int):
     return loss
 
 
+# Slow (about 2 minutes: two Ray Train worker groups, one killed and resumed); run with
+# `python -m pytest -m slow`.
+@pytest.mark.slow
 def test_two_workers_crashed_and_resumed_train_the_same_net_as_one(data, tmp_path):
     # One worker, uninterrupted, through the command line.
     one = _config(data, tmp_path / "one")
