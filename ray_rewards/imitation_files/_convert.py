@@ -46,9 +46,6 @@ _ACTIVATIONS = {
     k: v for k, v in TORCH_LAYERS.items() if k.startswith("torch.nn.modules.activation.")
 }
 _NORMS = {_UTIL + "RunningNorm": networks.RunningNorm, _UTIL + "EMANorm": networks.EMANorm}
-# Buffers a layer of ours may do without, as it derives them: imitation's EMANorm keeps
-# 1/learning-rate, sum(decay**k for k < num_batches), which follows from num_batches.
-_DERIVED_BUFFERS = {_UTIL + "EMANorm": {"inv_learning_rate"}}
 
 
 def _short(rec: Any) -> str:
@@ -259,8 +256,6 @@ def _load_into(ours: nn.Module, rec: Record, where: str) -> None:
         )
     tensors = _tensors(rec)
     targets = {k: v for k, v in {**ours._parameters, **ours._buffers}.items() if v is not None}
-    for derived in _DERIVED_BUFFERS.get(rec.name, set()) - set(targets):
-        tensors.pop(derived, None)
     if set(tensors) != set(targets):
         raise ImitationFileError(
             f"{where}: the file has tensors {sorted(tensors)}, ours {sorted(targets)}"

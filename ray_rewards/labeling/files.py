@@ -10,7 +10,6 @@ import hashlib
 import math
 import os
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_rewards import storage
+from ray_rewards.preferences._files import join, read_table
+from ray_rewards.preferences._files import list_parquet as parquet_names
 from ray_rewards.preferences.fragments import (
     LABEL_COLUMNS,
     QUERY_ID,
@@ -27,29 +28,6 @@ from ray_rewards.preferences.fragments import (
 from ray_rewards.train import schemas
 
 LOCK_FILE = ".label-server.lock"
-
-
-def join(root: str, *parts: str) -> str:
-    """``root/parts...`` for a local path or a URI."""
-    if storage.is_uri(root):
-        return "/".join([root.rstrip("/"), *parts])
-    return os.path.join(root, *parts)
-
-
-def parquet_names(folder: str) -> dict[str, tuple[Any, str]]:
-    """``{file name: (filesystem, path)}`` of a folder's Parquet files, sorted; {} if none."""
-    try:
-        fs, paths = storage.parquet_files(folder)
-    except FileNotFoundError:
-        return {}
-    return {p.rsplit("/", 1)[-1]: (fs, p) for p in paths}
-
-
-def read_table(where: tuple[Any, str], columns: Sequence[str] | None = None) -> pa.Table:
-    """The table (or ``columns`` of it) of a file listed by :func:`parquet_names`."""
-    fs, path = where
-    with fs.open_input_file(path) as f:
-        return pq.read_table(f, columns=list(columns) if columns else None)
 
 
 def is_queue(path: str) -> bool:
@@ -185,14 +163,4 @@ def content_ids(pairs: Pairs) -> np.ndarray:
     return np.array([f"{prefix}-{i:06d}" for i in range(len(pairs["obs_1"]))], dtype=object)
 
 
-__all__ = [
-    "LOCK_FILE",
-    "QueueIndex",
-    "content_ids",
-    "is_queue",
-    "join",
-    "lock_queue",
-    "parquet_names",
-    "read_pairs",
-    "read_table",
-]
+__all__ = ["LOCK_FILE", "QueueIndex", "content_ids", "is_queue", "lock_queue", "read_pairs"]

@@ -59,15 +59,9 @@ from ray_rewards.labeling.checks import (
     check_preference,
     check_query_id,
 )
-from ray_rewards.labeling.files import (
-    QueueIndex,
-    content_ids,
-    is_queue,
-    join,
-    lock_queue,
-    parquet_names,
-    read_pairs,
-)
+from ray_rewards.labeling.files import QueueIndex, content_ids, is_queue, lock_queue, read_pairs
+from ray_rewards.preferences._files import join
+from ray_rewards.preferences._files import list_parquet as parquet_names
 from ray_rewards.preferences.fragments import QUERY_ID, Pairs, preference_table, take
 from ray_rewards.preferences.gatherers import AsyncGatherer
 
@@ -331,7 +325,7 @@ class LabelingService:
 
     def _has_frames(self, qid: str, data: dict[str, np.ndarray] | None) -> bool:
         if self.mode == "queue":
-            frames = join(self.queue_dir, "frames", f"{qid}.npz")
+            frames = self.gatherer.frames_path(qid)
             if not storage.is_uri(frames) and os.path.exists(frames):
                 return True
             if storage.is_uri(frames):

@@ -1,5 +1,5 @@
-"""File helpers shared by the queue folder and the store: names that sort by time,
-Parquet tables to and from bytes, listing a local folder or URI prefix.
+"""File helpers shared by the queue folder, the store and the labeling page: names
+that sort by time, Parquet tables to and from bytes, listing a local folder or URI prefix.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import io
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -46,8 +47,8 @@ def list_parquet(folder: str) -> dict[str, tuple[Any, str]]:
     return {p.rsplit("/", 1)[-1]: (fs, p) for p in paths}
 
 
-def read_table(where: tuple[Any, str]) -> pa.Table:
-    """The table of a file listed by :func:`list_parquet`."""
+def read_table(where: tuple[Any, str], columns: Sequence[str] | None = None) -> pa.Table:
+    """The table (or ``columns`` of it) of a file listed by :func:`list_parquet`."""
     fs, path = where
     with fs.open_input_file(path) as f:
-        return pq.read_table(f)
+        return pq.read_table(f, columns=list(columns) if columns else None)

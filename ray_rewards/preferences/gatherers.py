@@ -223,9 +223,10 @@ class AsyncGatherer(PreferenceGatherer):
                 continue
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **frames)
-            storage.write_bytes(self._frames_path(str(qid)), buffer.getvalue())
+            storage.write_bytes(self.frames_path(str(qid)), buffer.getvalue())
 
-    def _frames_path(self, query_id: str) -> str:
+    def frames_path(self, query_id: str) -> str:
+        """Where a query's rendered frames are (or would be): ``frames/<query_id>.npz``."""
         return _files.join(self.queue_dir, "frames", f"{query_id}.npz")
 
     def frames(self, query_id: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -239,7 +240,7 @@ class AsyncGatherer(PreferenceGatherer):
         if str(query_id) not in self._where:
             raise ValueError(f"frames: unknown query id {str(query_id)!r}")
         try:
-            data = storage.read_bytes(self._frames_path(str(query_id)))
+            data = storage.read_bytes(self.frames_path(str(query_id)))
         except FileNotFoundError:
             return None
         with np.load(io.BytesIO(data)) as npz:

@@ -317,13 +317,10 @@ class RelabelRewards(ConnectorV2):
         """
         if metrics is None:
             return
-        parts = [(ALL_MODULES, slice(None))]
+        parts: list[tuple[Any, Any]] = [(ALL_MODULES, slice(None))]
         if modules is not None and rows is not None:
-            ends = np.cumsum(rows)
-            per_module: dict[Any, list[np.ndarray]] = {}
-            for module_id, end, n in zip(modules, ends, rows):
-                per_module.setdefault(module_id, []).append(np.arange(end - n, end))
-            parts += [(m, np.concatenate(r)) for m, r in per_module.items()]
+            row_module = np.repeat(np.array(modules, dtype=object), rows)
+            parts += [(m, row_module == m) for m in dict.fromkeys(modules)]
         for module_id, index in parts:
             key = (module_id, LEARNED_REWARD)
             values, env = learned[index], env_rewards[index]

@@ -240,9 +240,9 @@ class LearnedRewardState:
         the only net), to check they agree.
         """
         if key is None:
-            (key,) = self.nets if len(self.nets) == 1 else (None,)
-            if key is None:
+            if len(self.nets) != 1:
                 raise ValueError(f"learner_moments: name the net, one of {sorted(self.nets)}")
+            key = next(iter(self.nets))
         return [
             moments
             for k, moments in _foreach_piece(

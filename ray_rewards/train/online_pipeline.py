@@ -15,23 +15,20 @@ The settings are the ones ``benchmarks/preference_quality.py`` measured (README,
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 from ray_rewards import serialize, storage
+from ray_rewards.train import trainer
 from ray_rewards.train.ppo_runs import (
-    EXPERT_RETURNS,
     evaluate,
-    format_summary,
     log,
-    normalized_score,
     ppo_config,
     ppo_run,
     results_dir,
+    summarize,
     train_until,
-    write_curves,
 )
 
 if TYPE_CHECKING:  # the config is the main job's: pipeline.run hands it over
@@ -48,7 +45,7 @@ def preference_net(env: str, selection: str = "uniform") -> Any:
     from ray_rewards.networks import RunningNorm
     from ray_rewards.reward_nets import BasicRewardNet, NormalizedRewardNet, RewardEnsemble
 
-    obs_space, act_space = _spaces(env)
+    obs_space, act_space = trainer.env_spaces(env)
     if selection == "active":
         members = [
             BasicRewardNet(obs_space, act_space, hid_sizes=(64, 64)) for _ in range(ENSEMBLE_SIZE)
@@ -57,12 +54,6 @@ def preference_net(env: str, selection: str = "uniform") -> Any:
     else:
         base = BasicRewardNet(obs_space, act_space, hid_sizes=(64, 64))
     return NormalizedRewardNet(base, RunningNorm)
-
-
-def _spaces(env: str) -> tuple[Any, Any]:
-    from ray_rewards.train import trainer
-
-    return trainer.env_spaces(env)
 
 
 def preference_ppo_config(
@@ -147,35 +138,16 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             ),
         ]
     )
-    runs = {"learned": online, "true": true}
-    csv_path, png_path = write_curves(runs, out_dir)
-    random_return = true["random_return"]
-    expert = EXPERT_RETURNS.get(cfg.env)
-    summary: dict[str, Any] = {
-        "config": dataclasses.asdict(cfg),
-        "random_return": random_return,
-        "expert_return": expert,
-        "num_labels": online["num_labels"],
-        "last_train_accuracy": online["train_accuracy"],
-        "learned_final_return": online["final_return"],
-        "true_final_return": true["final_return"],
-        "normalized_ratio": (online["final_return"] - random_return)
-        / (true["final_return"] - random_return),
-        "seconds": {"total": time.perf_counter() - t_start},
-        "files": {**online["files"], "curves_csv": csv_path, "plot": png_path},
-    }
-    if expert is not None:
-        for name, r in runs.items():
-            summary[f"{name}_normalized"] = normalized_score(
-                r["final_return"], random_return, expert
-            )
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
     accuracy = online["train_accuracy"]
-    reward_line = (
-        f"reward net: learned from {online['num_labels']} synthetic labels "
+    return summarize(
+        dataclasses.asdict(cfg),
+        {"learned": online, "true": true},
+        true["random_return"],
+        out_dir,
+        reward={"num_labels": online["num_labels"], "last_train_accuracy": accuracy},
+        reward_line=f"reward net: learned from {online['num_labels']} synthetic labels "
         f"({cfg.selection} pairs) during the run; last retraining's accuracy "
-        + ("-" if accuracy is None else f"{accuracy:.3f}")
+        + ("-" if accuracy is None else f"{accuracy:.3f}"),
+        seconds={"total": time.perf_counter() - t_start},
+        files=online["files"],
     )
-    print(format_summary(summary, reward_line))
-    return summary

@@ -26,7 +26,6 @@ run instead: :mod:`ray_rewards.train.online_pipeline`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -38,16 +37,13 @@ import numpy as np
 from ray_rewards import serialize, storage
 from ray_rewards.train import oracle, schemas, trainer
 from ray_rewards.train.ppo_runs import (
-    EXPERT_RETURNS,
     evaluate,
-    format_summary,
     log,
-    normalized_score,
     ppo_config,
     ppo_run,
     results_dir,
+    summarize,
     train_until,
-    write_curves,
 )
 
 
@@ -241,38 +237,20 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     runs = run_rl(cfg, result.net_path)
     t_rl = time.perf_counter() - t0
-    csv_path, png_path = write_curves(runs, out_dir)
-
-    expert = EXPERT_RETURNS.get(cfg.env)
-    summary: dict[str, Any] = {
-        "config": dataclasses.asdict(cfg),
-        "random_return": random_return,
-        "expert_return": expert,
-        "reward_eval_accuracy": result.history[-1]["eval_accuracy"],
-        "reward_correlation": corr,
-        "learned_final_return": runs["learned"]["final_return"],
-        "true_final_return": runs["true"]["final_return"],
-        # (learned - random) / (true - random): the expert return cancels out.
-        "normalized_ratio": (runs["learned"]["final_return"] - random_return)
-        / (runs["true"]["final_return"] - random_return),
-        "seconds": {
+    accuracy = result.history[-1]["eval_accuracy"]
+    return summarize(
+        dataclasses.asdict(cfg),
+        runs,
+        random_return,
+        out_dir,
+        reward={"reward_eval_accuracy": accuracy, "reward_correlation": corr},
+        reward_line=f"reward net: held-out preference accuracy {accuracy:.3f}, "
+        f"Pearson r with the true reward {corr:.3f}",
+        seconds={
             "rollouts_and_preferences": t_data,
             "reward_training": t_reward,
             "rl": t_rl,
             "total": time.perf_counter() - t_start,
         },
-        "files": {"reward_net": result.net_path, "curves_csv": csv_path, "plot": png_path, **paths},
-    }
-    if expert is not None:
-        for name in ("learned", "true"):
-            summary[f"{name}_normalized"] = normalized_score(
-                runs[name]["final_return"], random_return, expert
-            )
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    reward_line = (
-        f"reward net: held-out preference accuracy {summary['reward_eval_accuracy']:.3f}, "
-        f"Pearson r with the true reward {summary['reward_correlation']:.3f}"
+        files={"reward_net": result.net_path, **paths},
     )
-    print(format_summary(summary, reward_line))
-    return summary

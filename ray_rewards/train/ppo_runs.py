@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import os
 import time
 from typing import Any
@@ -184,6 +185,48 @@ def write_curves(runs: dict[str, dict], out_dir: str) -> tuple[str, str | None]:
     fig.savefig(png_path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return csv_path, png_path
+
+
+def summarize(
+    config: dict[str, Any],
+    runs: dict[str, dict],
+    random_return: float,
+    out_dir: str,
+    *,
+    reward: dict[str, Any],
+    reward_line: str,
+    seconds: dict[str, float],
+    files: dict[str, Any],
+) -> dict[str, Any]:
+    """The main job's summary of its ``learned`` and ``true`` PPO runs: final returns,
+    their ratio normalized by the random policy's (and by :data:`EXPERT_RETURNS` where
+    known), ``reward`` (what the form of the job knows of its net), times, files and
+    the curves; written to ``summary.json`` and printed with ``reward_line``.
+    """
+    csv_path, png_path = write_curves(runs, out_dir)
+    learned, true = runs["learned"]["final_return"], runs["true"]["final_return"]
+    expert = EXPERT_RETURNS.get(config["env"])
+    summary: dict[str, Any] = {
+        "config": config,
+        "random_return": random_return,
+        "expert_return": expert,
+        **reward,
+        "learned_final_return": learned,
+        "true_final_return": true,
+        # (learned - random) / (true - random): the expert return cancels out.
+        "normalized_ratio": (learned - random_return) / (true - random_return),
+        "seconds": seconds,
+        "files": {**files, "curves_csv": csv_path, "plot": png_path},
+    }
+    if expert is not None:
+        for name, run in runs.items():
+            summary[f"{name}_normalized"] = normalized_score(
+                run["final_return"], random_return, expert
+            )
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(format_summary(summary, reward_line))
+    return summary
 
 
 def format_summary(summary: dict[str, Any], reward_line: str) -> str:
