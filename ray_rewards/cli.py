@@ -111,6 +111,16 @@ def import_imitation(input_path: str, output_path: str) -> None:
     "GPUs, --concurrency > 1, a cluster whose node here takes no tasks, or a large URI "
     "input on a multi-node cluster.",
 )
+@click.option(
+    "--actions",
+    type=click.Choice(["env", "module"]),
+    default="env",
+    show_default=True,
+    help="Units of the data's actions. module: the RLModule's normalized actions, as "
+    "RLlib's own offline output holds them with normalize_actions (its default), mapped "
+    "to the net's action space first; env: what the env received, as `ray-rewards "
+    "record` output and the pipeline's transitions hold them.",
+)
 def relabel(
     input_path: str,
     output_path: str,
@@ -124,9 +134,11 @@ def relabel(
     num_cpus: float,
     address: str | None,
     engine: str,
+    actions: str,
 ) -> None:
     """Add a learned-reward column to the Parquet transitions at INPUT (e.g. RLlib's
-    offline output), writing Parquet to OUTPUT.
+    offline output), writing Parquet to OUTPUT. The net takes env-unit actions: give
+    --actions module for RLlib's own offline output of Box actions (normalized).
 
     The local engine relabels file by file in this process without starting Ray; the
     Ray engine runs Ray Data (which shows progress), on the cluster at --address or
@@ -164,6 +176,7 @@ def relabel(
             num_gpus=num_gpus,
             num_cpus=num_cpus,
             engine=engine,
+            actions=actions,
         )
     click.echo(
         f"relabeled {rows} rows into {output_path} (column {column!r}) "

@@ -169,3 +169,54 @@ def test_unknown_engine_is_a_usage_error(rllib_output, saved_reward, tmp_path):
     )
     assert result.exit_code == 2 and "'x' is not one of 'auto', 'local', 'ray'" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_module_unit_actions_are_mapped_to_the_nets_action_space(tmp_path):
+    """``--actions module``: Pendulum actions as RLlib's offline output holds them with
+    normalize_actions reach the net as RLlib's unsquash_action maps them."""
+    import pyarrow as pa
+    from ray.rllib.utils.spaces.space_utils import unsquash_action
+
+    obs_space = gym.spaces.Box(-8.0, 8.0, (3,), np.float32)
+    act_space = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    net = make_net(obs_space, act_space, normalized=True)
+    serialize.save(net, tmp_path / "net.pt")
+    rng = np.random.default_rng(7)
+    n = 50
+    obs = rng.uniform(-1, 1, (n + 1, 3)).astype(np.float32)
+    actions = rng.uniform(-1.2, 1.2, (n, 1)).astype(np.float32)  # a few beyond [-1, 1]
+    terminateds = np.zeros(n, bool)
+    (tmp_path / "in").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "obs": obs[:-1].tolist(),
+                "actions": actions.tolist(),
+                "new_obs": obs[1:].tolist(),
+                "terminateds": terminateds,
+            }
+        ),
+        tmp_path / "in" / "part-0.parquet",
+    )
+
+    def relabel(out: str, *options: str):
+        reward = ["--reward", str(tmp_path / "net.pt"), "--engine", "local"]
+        args = ["relabel", str(tmp_path / "in"), str(tmp_path / out), *reward, *options]
+        return CliRunner().invoke(main, args)
+
+    result = relabel("module", "--actions", "module")
+    assert result.exit_code == 0, result.output
+    got = read_dir(str(tmp_path / "module"))
+    want = net.predict_processed(
+        obs[:-1], unsquash_action(actions, act_space), obs[1:], terminateds, update_stats=False
+    )
+    np.testing.assert_allclose(got["learned_rewards"].to_numpy(), want, rtol=1e-6)
+    assert np.array_equal(np.stack(got["actions"].to_numpy(zero_copy_only=False)), actions)
+    # The default reads the actions as env units: other rewards.
+    result = relabel("env")
+    assert result.exit_code == 0, result.output
+    as_is = read_dir(str(tmp_path / "env"))["learned_rewards"].to_numpy()
+    assert not np.allclose(as_is, want, rtol=1e-3)
+    result = relabel("x", "--actions", "rl")
+    assert result.exit_code == 2 and "'rl' is not one of 'env', 'module'" in result.output
+    assert not (tmp_path / "x").exists()

@@ -595,11 +595,13 @@ def _check_job_config(path: str) -> None:
     name = os.path.basename(path)[: -len(".yaml")]
     cfg = jobs.load_config(path, name)
     assert cfg.job == name and cfg.storage_path
-    if name in ("rllib", "adversarial", "preferences"):
+    if name in ("rllib", "adversarial", "preferences", "offline"):
         algo = jobs.algorithm_config(cfg.settings)
         custom = algo.custom_resources_per_env_runner
-        # Env runners are pinned to CPU workers by the resource those nodes offer.
-        assert custom == {CPU_WORKER: 1}
+        # Env runners are pinned to CPU workers by the resource those nodes offer (the
+        # offline job's only env runners are its evaluation's, if any: else the driver's).
+        if name != "offline" or algo.evaluation_num_env_runners:
+            assert custom == {CPU_WORKER: 1}
 
 
 @pytest.mark.parametrize("job", sorted(jobs.JOBS))
@@ -632,6 +634,7 @@ OUTPUTS = {
     "record": ["demonstrations"],
     "adversarial": ["checkpoint", "checkpoint/reward_net.pt"],
     "preferences": ["checkpoint", "checkpoint/reward_net.pt"],
+    "offline": ["checkpoint", "checkpoint/reward_net.pt"],
 }
 INPUTS = {
     "train": ["train_data", "eval_data", "init_net"],
@@ -640,6 +643,7 @@ INPUTS = {
     "record": ["checkpoint"],
     "adversarial": ["demonstrations", "init_net"],
     "preferences": ["init_net"],
+    "offline": ["input", "reward"],
 }
 
 
@@ -647,10 +651,11 @@ INPUTS = {
     "folder", ["committed:jobs", "site:jobs", "committed:local/jobs"], ids=lambda f: f
 )
 def test_every_input_is_what_a_job_before_it_writes(request, folder):
-    """pipeline -> train -> rllib -> relabel (the pipeline's held-out transitions, the
-    train job's net) -> record -> adversarial: each path a job reads is an output of a
-    job that runs before it, in the cloud configs (as committed and as rendered for a
-    site) and in the local ones.
+    """pipeline -> train -> rllib -> record -> relabel (the recorded demonstrations,
+    the train job's net) -> offline (the relabeled transitions) -> adversarial (the
+    recorded demonstrations): each path a job reads is an output of a job that runs
+    before it, in the cloud configs (as committed and as rendered for a site) and in
+    the local ones.
     """
     which, sub = folder.split(":")
     base = CLUSTER if which == "committed" else request.getfixturevalue("site_tree")
@@ -670,10 +675,16 @@ def test_every_input_is_what_a_job_before_it_writes(request, folder):
             written.update(
                 {jobs.storage_join(root, *out.split("/")): name for out in OUTPUTS[name]}
             )
-    assert load("relabel").settings.input.endswith("/pipeline/data/eval_transitions")
+    relabel, offline = load("relabel"), load("offline")
+    assert relabel.settings.input.endswith("/record/demonstrations")
+    # The learned rewards replace the recorded ones, as RLlib's offline input reads them.
+    assert relabel.settings.column == "rewards"
+    assert offline.settings.input.endswith("/relabel/relabeled")
+    assert offline.settings.actions == "env"  # as the record job writes them
     # The policy the demonstrations come from is trained on the adversarial job's env.
     rllib, adversarial = load("rllib"), load("adversarial")
     assert adversarial.settings.config["env"] == rllib.settings.config["env"]
+    assert offline.settings.config["env"] == rllib.settings.config["env"]
     assert rllib.settings.checkpoint
 
 

@@ -338,3 +338,124 @@ def test_the_session_cluster_is_seen(ray_session):
     from ray_rewards.data.engine import connected_cluster
 
     assert connected_cluster().nodes == 1 and connected_cluster().driver_cpus == 8
+
+
+# ---------------------------------------------------------------------------------------
+# Action units: RLlib's own offline output holds the RLModule's normalized actions
+# ---------------------------------------------------------------------------------------
+
+
+ACT_BOX = gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+"""Pendulum-v1's action space."""
+
+
+def write_pendulum(directory, scale: float = 1.0, seed: int = 4) -> pa.Table:
+    """Pendulum transitions in two Parquet files, Ray tensor actions in env units ([-2,
+    2]) times ``scale`` (1/2: the RLModule's units under normalize_actions).
+    """
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorArray
+
+    directory.mkdir()
+    rng = np.random.default_rng(seed)
+    tables, start = [], 0
+    for i, n in enumerate((40, 25)):
+        cols = random_transitions(rng, n, OBS, ACT_BOX)
+        actions = cols["actions"] * np.float32(2.0)  # uniform in Pendulum's [-2, 2]
+        table = pa.table(
+            {
+                "id": np.arange(start, start + n),
+                "obs": ArrowTensorArray.from_numpy(cols["obs"]),
+                "actions": ArrowTensorArray.from_numpy(actions * np.float32(scale)),
+                "new_obs": ArrowTensorArray.from_numpy(cols["new_obs"]),
+                "rewards": rng.normal(size=n),
+                "terminateds": cols["terminateds"],
+            }
+        )
+        pq.write_table(table, directory / f"part-{i}.parquet")
+        tables.append(table)
+        start += n
+    return pa.concat_tables(tables)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_module_unit_actions_give_the_env_unit_rewards(ray_session, tmp_path, engine):
+    write_pendulum(tmp_path / "env")
+    module = write_pendulum(tmp_path / "module", scale=0.5)
+    net = make_plain_net(OBS, ACT_BOX, normalized=True)
+    net.normalize_output_layer.set_moments(Moments(50, np.array([0.3]), np.array([2.0])))
+    kwargs = dict(batch_size=16, engine=engine)
+    data.relabel_parquet(str(tmp_path / "env"), str(tmp_path / "want"), net, **kwargs)
+    data.relabel_parquet(
+        str(tmp_path / "module"), str(tmp_path / "got"), net, actions="module", **kwargs
+    )
+    data.relabel_parquet(str(tmp_path / "module"), str(tmp_path / "as_is"), net, **kwargs)
+    want = read_output(tmp_path / "want")["learned_rewards"].to_numpy()
+    got = read_output(tmp_path / "got")
+    np.testing.assert_allclose(got["learned_rewards"].to_numpy(), want, rtol=1e-6)
+    # The data keeps its own actions; read as they are, they give other rewards.
+    assert got["actions"].equals(module.sort_by("id")["actions"])
+    as_is = read_output(tmp_path / "as_is")["learned_rewards"].to_numpy()
+    assert not np.allclose(as_is, want, rtol=1e-3)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_module_units_leave_discrete_actions_as_they_are(ray_session, engine):
+    cartpole_obs = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
+    cartpole_act = gym.spaces.Discrete(2)
+    net = make_plain_net(cartpole_obs, cartpole_act, normalized=True)
+    rng = np.random.default_rng(5)
+    cols = {"id": np.arange(80), **random_transitions(rng, 80, cartpole_obs, cartpole_act)}
+    ds = ray.data.from_items(as_rows(cols))
+    env = data.relabel_dataset(ds, net, batch_size=32, engine=engine)
+    module = data.relabel_dataset(ds, net, batch_size=32, engine=engine, actions="module")
+    got, frame = by_id(module)
+    np.testing.assert_array_equal(got, by_id(env)[0])
+    np.testing.assert_allclose(got, direct(net, cols), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(frame["actions"].to_numpy(), cols["actions"])
+
+
+def test_module_to_env_units_are_rllibs_unsquash():
+    from ray.rllib.utils.spaces.space_utils import unsquash_action
+
+    from ray_rewards.data.batches import env_actions
+
+    rng = np.random.default_rng(6)
+    low, high = np.array([-2.0, 0.0, -np.inf]), np.array([2.0, 5.0, np.inf])
+    cases = [
+        (ACT_BOX, rng.uniform(-1.3, 1.3, (50, 1)).astype(np.float32)),  # clipped outside
+        (gym.spaces.Box(low[:2], high[:2], dtype=np.float64), rng.uniform(-1, 1, (50, 2))),
+        (
+            gym.spaces.Box(low.astype(np.float32), high.astype(np.float32)),
+            rng.uniform(-1, 1, (50, 3)).astype(np.float32),
+        ),
+        (gym.spaces.Box(3, 9, (2,), np.int64), rng.integers(0, 7, (50, 2))),
+        (gym.spaces.Discrete(3, start=1), rng.integers(1, 4, 50)),
+        (gym.spaces.MultiDiscrete([2, 3]), rng.integers(0, 2, (50, 2))),
+    ]
+    for space, actions in cases:
+        got = env_actions(actions, space)
+        want = unsquash_action(actions, space)
+        assert got.dtype == want.dtype, space
+        np.testing.assert_array_equal(got, want, err_msg=str(space))
+
+
+def test_bad_action_units_are_refused_naming_the_option(ray_session, tmp_path):
+    from ray_rewards.data.batches import BatchRelabeler, check_action_units
+
+    net = box_net()
+    expected = r"actions: expected one of \['env', 'module'\], got 'rllib'"
+    ds = ray.data.from_items(as_rows(transitions(4)))
+    with pytest.raises(ValueError, match=expected):
+        data.relabel_dataset(ds, make_net(), actions="rllib")
+    write_files(tmp_path / "in", sizes=(10,))
+    with pytest.raises(ValueError, match=expected):
+        data.relabel_parquet(str(tmp_path / "in"), str(tmp_path / "out"), net, actions="rllib")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    with pytest.raises(ValueError, match=expected):
+        BatchRelabeler(net, None, "learned_rewards", False, {}, actions="rllib")
+    # A Dict or Tuple action space: one actions column cannot hold its actions.
+    tuple_space = gym.spaces.Tuple([ACT_BOX, gym.spaces.Discrete(2)])
+    with pytest.raises(ValueError, match=r"actions='module': the net's action space is a Tuple"):
+        check_action_units("module", tuple_space)
+    check_action_units("env", tuple_space)

@@ -6,11 +6,13 @@ The files in cluster/ are checked in test_cluster_configs.py.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 
+import gymnasium as gym
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -115,6 +117,12 @@ def test_values_are_converted_and_type_checked(tmp_path):
             {"storage_path": "/r", "relabel": {"input": "x", "reward": "y", "update_stats": "yes"}},
             TypeError,
             "update_stats: expected bool",
+        ),
+        (
+            "relabel",
+            {"storage_path": "/r", "relabel": {"input": "x", "reward": "y", "actions": "rllib"}},
+            ValueError,
+            r"relabel\.actions: expected one of \['env', 'module'\], got 'rllib'",
         ),
         (
             "train",
@@ -689,3 +697,109 @@ def test_algorithm_config_imports_only_the_algorithm_it_needs():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+OFFLINE = {
+    "input": "data",
+    "iterations": 1,
+    "config": {"env": "Pendulum-v1"},
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"env_steps": 100}, ValueError, r"offline\.env_steps: offline algorithms sample no env"),
+        ({"actions": "raw"}, ValueError, r"offline\.actions: expected one of \['env', 'module'\]"),
+        ({"config": {"lr": 0.1}}, ValueError, r"offline\.config\.env: required"),
+        (
+            {"config": {"env": "Pendulum-v1", "input_": "x"}},
+            ValueError,
+            r"offline\.config\.input_: the data is offline\.input",
+        ),
+        ({"eval_episodes": 0}, ValueError, r"offline\.eval_episodes: expected >= 1"),
+        ({"reward_options": {"coef": 2}}, ValueError, r"given without offline\.reward"),
+        ({"input": None}, TypeError, r"offline\.input"),
+    ],
+)
+def test_bad_offline_settings_name_the_key(change, error, match):
+    with pytest.raises(error, match=match):
+        jobs.parse_config({"storage_path": "/r", "offline": {**OFFLINE, **change}}, "offline")
+
+
+def test_offline_job_refuses_what_cannot_run_before_training(tmp_path):
+    from ray_rewards import serialize
+    from ray_rewards.reward_nets import BasicRewardNet
+
+    (tmp_path / "data").mkdir()
+    env = gym.make("Pendulum-v1")
+    net = BasicRewardNet(env.observation_space, env.action_space)
+    serialize.save(net, str(tmp_path / "net.pt"))
+    for change, match in [
+        ({"algorithm": "PPO"}, r"offline\.algorithm: expected one of RLlib's offline"),
+        ({"input": "nothing"}, r"offline\.input: .*nothing does not exist"),
+        ({"reward": "no_net.pt"}, r"offline\.reward: .*no_net\.pt does not exist"),
+        ({"algorithm": "BC", "reward": "net.pt"}, r"offline: with_learned_reward: BCConfig is"),
+    ]:
+        cfg = jobs.parse_config(
+            {"storage_path": "out", "offline": {**OFFLINE, **change}},
+            "offline",
+            base_dir=str(tmp_path),
+        )
+        with pytest.raises(ValueError, match=match):
+            jobs.run_offline(cfg)
+
+
+def test_record_relabel_offline_jobs(tmp_path, ray_session):
+    """record -> relabel (the learned rewards as RLlib's `rewards`) -> offline CQL on
+    them; and offline CQL relabeling the recording itself with the net. Both train,
+    evaluate greedily and save a checkpoint."""
+    import pyarrow.parquet as pq
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from ray_rewards import serialize
+    from ray_rewards.reward_nets import BasicRewardNet
+
+    algo = PPOConfig().environment("Pendulum-v1").env_runners(num_env_runners=0)
+    algo = algo.rl_module(model_config={"fcnet_hiddens": [8]}).debugging(seed=0).build_algo()
+    algo.save_to_path(str(tmp_path / "ckpt"))
+    algo.stop()
+    env = gym.make("Pendulum-v1")
+    net = BasicRewardNet(env.observation_space, env.action_space, hid_sizes=(8,))
+    serialize.save(net, str(tmp_path / "net.pt"))
+    for name, section in [
+        ("record", {"checkpoint": "ckpt", "episodes": 2, "explore": True}),
+        (
+            "relabel",
+            {"input": "rec/demonstrations", "reward": "net.pt", "column": "rewards"},
+        ),
+    ]:
+        path = _write(tmp_path, {"storage_path": name[:3], name: section}, name=f"{name}.yaml")
+        jobs.run_job(jobs.load_config(path, name))
+    relabeled = pq.read_table(str(tmp_path / "rel" / "relabeled"))
+    assert {"rewards", "env_rewards"} <= set(relabeled.column_names)
+
+    small = {
+        "iterations": 2,
+        "eval_episodes": 2,
+        "config": {
+            "env": "Pendulum-v1",
+            "train_batch_size_per_learner": 64,
+            "dataset_num_iters_per_learner": 2,
+            "model_config": {"fcnet_hiddens": [8]},
+            "seed": 0,
+        },
+    }
+    for name, section in [
+        ("off_relabeled", {"input": "rel/relabeled", **small}),
+        ("off_net", {"input": "rec/demonstrations", "reward": "net.pt", **small}),
+    ]:
+        path = _write(tmp_path, {"storage_path": name, "offline": section}, name=f"{name}.yaml")
+        results = jobs.run_job(jobs.load_config(path, "offline"))
+        gc.collect()  # the learner's Ray Data iterator ends while Ray is up
+        history = results["history"]
+        assert [h["iteration"] for h in history] == [1, 2]
+        assert "eval_return_mean" not in history[0]  # evaluated after the last one only
+        assert -2000 < history[1]["eval_return_mean"] == results["final_return"] < 0
+        assert (tmp_path / name / "checkpoint" / "rllib_checkpoint.json").exists()
+    assert (tmp_path / "off_net" / "checkpoint" / "reward_net.pt").exists()

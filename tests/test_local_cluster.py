@@ -211,8 +211,9 @@ def test_relabel_job_on_a_two_node_cluster(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(2100)
 def test_every_job_on_a_two_node_cluster(tmp_path):
-    """run_jobs.sh: the pipeline, then reward training, RLlib and relabeling on its
-    outputs, demonstrations recorded from the RLlib checkpoint and GAIL on them, each
+    """run_jobs.sh: the pipeline, then reward training and RLlib on its outputs,
+    demonstrations recorded from the RLlib checkpoint, relabeled with the pipeline's
+    net, offline CQL on the relabeled ones and GAIL on the recorded ones, each
     submitted with ``ray job submit``; work lands on both nodes and the saved nets load.
     """
     cluster_dir = str(tmp_path / "cluster")
@@ -222,7 +223,7 @@ def test_every_job_on_a_two_node_cluster(tmp_path):
     assert "no process of it is left" in run.stdout
     results = {
         job: json.loads(open(os.path.join(cluster_dir, "results", job, "results.json")).read())
-        for job in ("pipeline", "train", "rllib", "relabel", "record", "adversarial")
+        for job in ("pipeline", "train", "rllib", "record", "relabel", "offline", "adversarial")
     }
     venv = make_gym_vec_env("Pendulum-v1", n_envs=2, rng=np.random.default_rng(0))
     obs, _ = venv.reset(seed=0)
@@ -263,18 +264,34 @@ def test_every_job_on_a_two_node_cluster(tmp_path):
     assert np.isfinite(rllib["history"][-1]["episode_return_mean"])
     serialize.load_reward("RewardNet_normalized", rllib["files"]["reward_net"], venv)
 
-    relabel = results["relabel"]
-    eval_rows = pq.read_table(pipeline["files"]["eval_transitions"]).num_rows
-    assert relabel["rows"] == eval_rows > 0
-    relabeled = pq.read_table(relabel["files"]["relabeled"])
-    assert {"learned_rewards", "rewards", "obs"} <= set(relabeled.column_names)
-
     # Record: the rllib job's policy, restored on the cluster, as Parquet transitions.
     record = results["record"]
     assert record["episodes"] == 4
     demos = pq.read_table(record["files"]["demonstrations"])
     assert demos.num_rows == record["transitions"] > 0
     assert {"obs", "actions", "new_obs", "terminateds"} <= set(demos.column_names)
+
+    # Relabel: those transitions with the pipeline's net as RLlib's rewards column, the
+    # recorded rewards kept next to them.
+    relabel = results["relabel"]
+    assert relabel["rows"] == record["transitions"]
+    relabeled = pq.read_table(relabel["files"]["relabeled"])
+    assert relabeled.num_rows == record["transitions"]
+    assert {"rewards", "env_rewards", "obs", "actions"} <= set(relabeled.column_names)
+    np.testing.assert_allclose(
+        np.sort(relabeled.column("env_rewards").to_numpy()),
+        np.sort(demos.column("rewards").to_numpy()),
+        rtol=1e-6,
+    )
+
+    # Offline: CQL on the relabeled transitions, evaluated greedily after the last
+    # iteration; the checkpoint is saved.
+    offline = results["offline"]
+    assert [h["iteration"] for h in offline["history"]] == [1, 2]
+    assert np.isfinite(offline["final_return"])
+    assert offline["history"][-1]["eval_return_mean"] == offline["final_return"]
+    checkpoint = offline["files"]["checkpoint"]
+    assert os.path.exists(os.path.join(checkpoint, "rllib_checkpoint.json"))
 
     # Adversarial: GAIL on those demonstrations; env runners on the worker node, the
     # learner (and the discriminator) in the driver on the head.

@@ -6,16 +6,17 @@
 # CLUSTER_DIR (default results/local_cluster/<timestamp>) receives a copy of the
 # configs in cluster/local/jobs/, so each job's results land in
 # CLUSTER_DIR/results/<job>/ (results.json, reward_net.pt, ...), plus the cluster's
-# logs. JOBS (default "pipeline train rllib relabel record adversarial preferences")
-# picks which jobs run, in that order: train, rllib and relabel use what the pipeline
-# wrote, record the rllib job's checkpoint, adversarial the record job's
-# demonstrations; preferences needs nothing before it.
+# logs. JOBS (default "pipeline train rllib record relabel offline adversarial
+# preferences") picks which jobs run, in that order: train and rllib use what the
+# pipeline wrote, record the rllib job's checkpoint, relabel the record job's
+# demonstrations (with the pipeline's net), offline the relabeled transitions,
+# adversarial the record job's demonstrations; preferences needs nothing before it.
 # The cluster is stopped (no process left behind) however the jobs end.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER_DIR=${1:-results/local_cluster/$(date +%Y%m%d-%H%M%S)}
-JOBS=${JOBS:-pipeline train rllib relabel record adversarial preferences}
+JOBS=${JOBS:-pipeline train rllib record relabel offline adversarial preferences}
 
 mkdir -p "$CLUSTER_DIR"
 CLUSTER_DIR=$(cd "$CLUSTER_DIR" && pwd)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import torch as th
+from gymnasium import spaces
 
 from ray_rewards import file_format, networks, storage
 from ray_rewards.data.columns import INPUTS, RLLIB_COLUMNS, table_transitions
@@ -36,6 +37,12 @@ AS_REWARDS = "rewards"
 """The output column that makes the learned rewards RLlib's ``rewards`` (the recorded
 ones kept as :data:`ENV_REWARDS`), so RLlib's offline input trains on them."""
 ENV_REWARDS = "env_rewards"
+
+ACTION_UNITS = ("env", "module")
+"""The units the data's ``actions`` can be in: ``"env"``, what the env received (as
+``ray-rewards record`` writes them, and what the nets take); ``"module"``, the
+RLModule's normalized actions, as RLlib's own offline output holds them with
+``normalize_actions`` (its default), mapped by :func:`env_actions` before the net."""
 
 
 def check_output_column(column: Any, existing: Sequence[str] = ()) -> None:
@@ -67,6 +74,41 @@ def check_output_column(column: Any, existing: Sequence[str] = ()) -> None:
         )
 
 
+def check_action_units(actions: Any, space: spaces.Space | None = None) -> None:
+    """ValueError unless ``actions`` is one of :data:`ACTION_UNITS` and, for
+    ``"module"``, the net's action ``space`` (when given) is one :func:`env_actions` maps.
+    """
+    if actions not in ACTION_UNITS:
+        raise ValueError(f"actions: expected one of {list(ACTION_UNITS)}, got {actions!r}")
+    if actions == "module" and isinstance(space, (spaces.Dict, spaces.Tuple)):
+        raise ValueError(
+            f"actions='module': the net's action space is a {type(space).__name__}, whose "
+            "actions a single column cannot hold; only single spaces (Box, Discrete...) map"
+        )
+
+
+def env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
+    """The RLModule's normalized ``actions`` in the units of ``space`` (the env's), as
+    RLlib's ``unsquash_action`` maps them: for a float32/float64 Box with finite bounds,
+    [-1, 1] to [low, high] (clipped to it); for an integer Box, shifted by ``low``;
+    for other spaces, unchanged. Written here so that reading data needs no RLlib.
+
+    Raises:
+        ValueError: a Dict or Tuple space (:func:`check_action_units`).
+    """
+    check_action_units("module", space)
+    if not isinstance(space, spaces.Box):
+        return actions
+    if not (np.all(space.bounded_below) and np.all(space.bounded_above)):
+        return actions
+    if space.dtype == np.float32 or space.dtype == np.float64:
+        unsquashed = space.low + (actions + 1.0) * (space.high - space.low) / 2.0
+        return np.clip(unsquashed, space.low, space.high)
+    if np.issubdtype(space.dtype, np.integer):
+        return space.low + actions
+    return actions
+
+
 def check_options(
     reward: RewardSource,
     *,
@@ -75,11 +117,13 @@ def check_options(
     update_stats: bool,
     batch_size: int,
     concurrency: int,
+    actions: str,
 ) -> None:
     """The option checks of every engine, before any data is read (ValueError, TypeError
     or KeyError naming the option).
     """
     check_output_column(column)
+    check_action_units(actions)
     if update_stats and not isinstance(reward, RewardNet):
         raise ValueError(
             "update_stats=True merges the statistics back into the net: pass the RewardNet "
@@ -171,6 +215,8 @@ class BatchRelabeler:
             (:attr:`sync` then tells what was added).
         predict_kwargs: more keyword arguments for ``predict_processed`` or the loader.
         device: where a loaded net runs (a net passed in stays where it is).
+        actions: the units of the data's actions (:data:`ACTION_UNITS`); ``"module"``
+            ones are mapped to the net's action space (:func:`env_actions`) first.
     """
 
     def __init__(
@@ -181,8 +227,11 @@ class BatchRelabeler:
         update_stats: bool,
         predict_kwargs: Mapping[str, Any],
         device: th.device | str = "cpu",
+        actions: str = "env",
     ):
+        check_action_units(actions)
         self.column = column
+        given = source
         kwargs = dict(predict_kwargs)
         self.net: RewardNet | None
         if reward_type is None:
@@ -207,12 +256,28 @@ class BatchRelabeler:
             if self.net is not None:
                 self.net.to(device)
         self.sync = networks.NormSync(self.net) if update_stats else None
+        # The space that maps module-unit actions; None: the actions go in as they are
+        # (env units, or the zero reward, which reads none).
+        self.action_space: spaces.Space | None = None
+        if actions == "module" and reward_type != "zero":
+            # A loader of the user's may keep no net: the saved net tells the space then.
+            if self.net is not None:
+                net_of_space = self.net
+            elif isinstance(given, RewardNet):
+                net_of_space = given
+            else:
+                net_of_space = load_source(given, "cpu")
+            self.action_space = net_of_space.action_space
+            check_action_units(actions, self.action_space)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """``batch`` with the reward column appended; every other column passes through
         untouched (only the four input columns become numpy).
         """
         arrays = table_transitions(batch, self.net)
+        if self.action_space is not None:
+            obs, acts, new_obs, dones = arrays
+            arrays = (obs, env_actions(acts, self.action_space), new_obs, dones)
         try:
             rewards = np.asarray(self.reward_fn(*arrays))
         except ValueError as err:
@@ -239,12 +304,15 @@ class BatchRelabeler:
 
 
 __all__ = [
+    "ACTION_UNITS",
     "AS_REWARDS",
     "ENV_REWARDS",
     "BatchRelabeler",
     "as_source",
+    "check_action_units",
     "check_options",
     "check_output_column",
+    "env_actions",
     "load_source",
     "local_device",
 ]

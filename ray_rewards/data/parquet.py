@@ -21,7 +21,9 @@ from ray_rewards import storage
 from ray_rewards.data.batches import (
     BatchRelabeler,
     as_source,
+    check_action_units,
     check_options,
+    env_actions,
     load_source,
     local_device,
 )
@@ -48,6 +50,7 @@ def relabel_parquet(
     num_cpus: float = 1,
     predict_kwargs: Mapping[str, Any] | None = None,
     engine: str = "auto",
+    actions: str = "env",
 ) -> int:
     """Relabel Parquet files of transitions into a new Parquet directory.
 
@@ -57,7 +60,9 @@ def relabel_parquet(
     ``output_path`` (a local path), published only when everything succeeded.
     ``engine="auto"`` applies :func:`~ray_rewards.data.engine.choose_engine` to the
     rows in the files' footers and the Ray cluster this process is connected to (if
-    any); ``"local"`` or ``"ray"`` force one. Returns the number of rows written.
+    any); ``"local"`` or ``"ray"`` force one. ``actions`` says the units of the
+    data's actions: ``"env"`` (``ray-rewards record`` output) or ``"module"`` (RLlib's
+    own offline output with ``normalize_actions``). Returns the number of rows written.
 
     Raises:
         FileExistsError: ``output_path`` exists and is not an empty directory.
@@ -70,16 +75,23 @@ def relabel_parquet(
         update_stats=update_stats,
         batch_size=batch_size,
         concurrency=concurrency,
+        actions=actions,
     )
     with storage.publish_dir(output_path) as tmp:
         if not isinstance(reward, RewardNet) and reward_type != "zero":
             reward = load_source(reward, "cpu")  # a bad file fails here, not in workers
         fs, files = storage.parquet_files(input_path)
         first = _first_row(fs, files)
+        module_units = actions == "module" and reward_type != "zero"
+        if isinstance(reward, RewardNet) and module_units:
+            check_action_units(actions, reward.action_space)  # refused with or without rows
         if isinstance(reward, RewardNet) and first is not None:
-            # Packed columns show their row shapes only when read: check one row now, so
-            # a net that does not fit the data fails in seconds with a plain ValueError.
-            table_transitions(first, reward)
+            # Packed columns show their row shapes only when read: check one row now (and
+            # that its actions convert), so a net that does not fit the data fails in
+            # seconds with a plain ValueError.
+            _, first_actions, _, _ = table_transitions(first, reward)
+            if module_units:
+                env_actions(first_actions, reward.action_space)
         cluster = connected_cluster()
         several = cluster is not None and cluster.nodes > 1
         chosen = choose_engine(
@@ -99,6 +111,7 @@ def relabel_parquet(
                 update_stats,
                 dict(predict_kwargs or {}),
                 local_device(num_gpus),
+                actions,
             )
             rows = relabel_files(fs, files, tmp, relabel, batch_size, num_cpus)
             if update_stats:
@@ -121,6 +134,7 @@ def relabel_parquet(
             num_cpus=num_cpus,
             predict_kwargs=predict_kwargs,
             engine="ray",
+            actions=actions,
         ).write_parquet(tmp)
         return sum(
             pq.ParquetFile(os.path.join(tmp, f)).metadata.num_rows

@@ -58,9 +58,10 @@ class _RelabelBatches:
         update_stats: bool,
         predict_kwargs: dict[str, Any],
         collector: Any,
+        actions: str = "env",
     ):
         self.relabel = BatchRelabeler(
-            wire, reward_type, column, update_stats, predict_kwargs, actor_device()
+            wire, reward_type, column, update_stats, predict_kwargs, actor_device(), actions
         )
         self.collector = collector
 
@@ -87,9 +88,11 @@ def relabel_with_actors(
     num_gpus: float,
     num_cpus: float,
     predict_kwargs: dict[str, Any],
+    actions: str = "env",
 ) -> ray.data.Dataset:
     """The ``"ray"`` engine (lazy unless ``update_stats``, whose merged statistics are
-    written into ``reward`` once every batch ran).
+    written into ``reward`` once every batch ran); ``actions``: the units of the
+    data's actions (``BatchRelabeler``'s argument).
     """
     collector = _MomentsCollector.remote() if update_stats else None
     out = ds.map_batches(
@@ -101,6 +104,7 @@ def relabel_with_actors(
             update_stats=update_stats,
             predict_kwargs=predict_kwargs,
             collector=collector,
+            actions=actions,
         ),
         batch_size=batch_size,
         batch_format="pyarrow",

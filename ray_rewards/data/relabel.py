@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ray_rewards.data.batches import (
     BatchRelabeler,
     as_source,
+    check_action_units,
     check_options,
     check_output_column,
     load_source,
@@ -55,6 +56,7 @@ def relabel_dataset(
     num_cpus: float = 1,
     predict_kwargs: Mapping[str, Any] | None = None,
     engine: str = "auto",
+    actions: str = "env",
 ) -> ray.data.Dataset:
     """Add a learned-reward column to a Dataset of transitions (see the module docstring).
 
@@ -82,13 +84,19 @@ def relabel_dataset(
         engine: ``"auto"`` (:func:`~ray_rewards.data.engine.choose_engine`: local
             unless GPUs, ``concurrency > 1``, a driver node that takes no tasks, or a
             large input on a multi-node cluster), ``"local"`` or ``"ray"``.
+        actions: the units of the ``actions`` column: ``"env"``, what the env received
+            (``ray-rewards record`` output, the units the net takes), or ``"module"``,
+            the RLModule's normalized actions (RLlib's own offline output with
+            ``normalize_actions``, its default), mapped to the net's action space as
+            RLlib's ``unsquash_action`` does before the net sees them.
 
     Returns:
         The dataset with the reward column added (lazy with the Ray engine unless
         ``update_stats``; materialized with the local engine).
 
     Raises:
-        ValueError: a missing column (named), a reserved output column, or
+        ValueError: a missing column (named), a reserved output column, an unknown
+            ``actions`` (or ``"module"`` for a Dict or Tuple action space), or
             ``update_stats`` without a RewardNet object. Batches whose shapes do not
             fit the net fail during execution with a ValueError naming the column.
     """
@@ -101,12 +109,15 @@ def relabel_dataset(
         update_stats=update_stats,
         batch_size=batch_size,
         concurrency=concurrency,
+        actions=actions,
     )
     # The driver's copy checks the file and the schema before any worker starts.
     if isinstance(reward, RewardNet):
         net = reward
     else:
         net = None if reward_type == "zero" else load_source(reward, "cpu")
+    if net is not None and reward_type != "zero":
+        check_action_units(actions, net.action_space)
     schema = ds.schema(fetch_if_missing=False)
     if schema is not None:
         check_output_column(column, schema.names)
@@ -128,6 +139,7 @@ def relabel_dataset(
             update_stats,
             kwargs,
             local_device(num_gpus),
+            actions,
         )
         with torch_threads(num_cpus):
             out = ray_engine.relabel_in_driver(ds, relabel, batch_size)
@@ -148,6 +160,7 @@ def relabel_dataset(
         num_gpus=num_gpus,
         num_cpus=num_cpus,
         predict_kwargs=kwargs,
+        actions=actions,
     )
 
 

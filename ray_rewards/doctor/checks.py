@@ -174,7 +174,7 @@ def check_dependencies() -> list[Finding]:
 
 # --- Optional pieces, per job kind ---------------------------------------------------------------
 
-RLLIB_JOBS = ("rllib", "record", "adversarial", "preferences")
+RLLIB_JOBS = ("rllib", "record", "adversarial", "preferences", "offline")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,9 @@ library's own function run on the cluster:
   (:func:`ray_rewards.rllib.record_demonstrations`).
 - ``adversarial``: GAIL/AIRL inside any RLlib algorithm, on such demonstrations
   (:func:`ray_rewards.rllib.with_adversarial_reward`).
+- ``offline``: an offline algorithm (CQL, IQL, MARWIL) on recorded transitions, on
+  their rewards (e.g. the relabel job's output with ``column: rewards``) or a saved
+  net's (:func:`ray_rewards.rllib.with_learned_reward` in RLlib's offline pre-learner).
 - ``preferences``: online preference comparisons inside any RLlib algorithm: the
   reward net retrained on a gatherer's labels while the policy learns
   (:func:`ray_rewards.rllib.with_preference_learning`).
@@ -29,7 +32,7 @@ that ``pyarrow.fs`` understands: ``s3://``, ``gs://``, ``abfs://``, ``hdfs://``)
 one section named after the job, whose keys are the fields of that job's settings
 (``PipelineConfig``, ``TrainConfig``, :class:`RLlibJobConfig`,
 :class:`RelabelJobConfig`, :class:`RecordJobConfig`, :class:`AdversarialJobConfig`,
-:class:`PreferencesJobConfig`).
+:class:`PreferencesJobConfig`, :class:`OfflineJobConfig`).
 Unknown keys, missing keys, wrong types and a section for another job are errors
 that name the key, what was expected and what came.
 Relative local paths are resolved against the config file's directory (not the
@@ -40,7 +43,7 @@ files, timings and *placement*: which cluster nodes ran the driver and every tas
 and actor of the job, from Ray's state API) is written last, atomically, so its
 presence means the job finished. Next to it: ``reward_net.pt`` (pipeline, train;
 relabel with ``update_stats``), ``checkpoint/`` (rllib, adversarial,
-preferences: RLlib's checkpoint with ``reward_net.pt`` inside), ``preferences/``
+preferences, offline: RLlib's checkpoint with ``reward_net.pt`` inside), ``preferences/``
 (preferences: the labels as Parquet, retraining files, the async gatherer's queue),
 ``relabeled/`` (relabel: Parquet), ``demonstrations/`` (record: Parquet).
 
@@ -64,6 +67,7 @@ from ray_rewards.jobs.placement import work_placement
 from ray_rewards.jobs.rllib_runners import (
     algorithm_config,
     run_adversarial,
+    run_offline,
     run_preferences,
     run_record,
     run_rllib,
@@ -82,6 +86,7 @@ from ray_rewards.jobs.specs import (
     AdversarialJobConfig,
     JobConfig,
     JobSpec,
+    OfflineJobConfig,
     PreferencesJobConfig,
     RecordJobConfig,
     RelabelJobConfig,
@@ -100,6 +105,7 @@ __all__ = [
     "AdversarialJobConfig",
     "JobConfig",
     "JobSpec",
+    "OfflineJobConfig",
     "PreferencesJobConfig",
     "RLlibJobConfig",
     "RLlibTraining",
@@ -111,6 +117,7 @@ __all__ = [
     "parse_config",
     "run_adversarial",
     "run_job",
+    "run_offline",
     "run_pipeline",
     "run_preferences",
     "run_record",

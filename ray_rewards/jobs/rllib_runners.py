@@ -1,7 +1,8 @@
 """The jobs that run RLlib algorithms: ``rllib`` (a saved reward net), ``adversarial``
-(GAIL/AIRL), ``preferences`` (online preference comparisons) and ``record``
-(demonstrations from a checkpoint); the first three share :func:`algorithm_config`
-and the training loop :func:`train_algorithm`.
+(GAIL/AIRL), ``preferences`` (online preference comparisons), ``offline`` (CQL, IQL,
+MARWIL on recorded transitions) and ``record`` (demonstrations from a checkpoint);
+all but ``record`` share :func:`algorithm_config` and the training loop
+:func:`train_algorithm`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ray_rewards.jobs.outputs import as_float, log, require_input, storage_join,
 from ray_rewards.jobs.specs import (
     AdversarialJobConfig,
     JobConfig,
+    OfflineJobConfig,
     PreferencesJobConfig,
     RecordJobConfig,
     RLlibJobConfig,
@@ -27,6 +29,10 @@ CHECKPOINT_DIR = "checkpoint"
 DEMONSTRATIONS_DIR = "demonstrations"
 PREFERENCES_DIR = "preferences"
 QUEUE_DIR = "queue"
+# Learner updates per offline iteration where the config does not say
+# (dataset_num_iters_per_learner); RLlib 2.60's local learner fails with exactly 1.
+OFFLINE_UPDATES_PER_ITERATION = 20
+OFFLINE_ALGORITHMS = ("MARWIL", "CQL", "IQL", "BC")
 
 
 def algorithm_config(settings: RLlibTraining) -> Any:
@@ -70,7 +76,8 @@ def train_algorithm(
 
     Each history entry holds ``iteration``, ``env_steps``, ``episode_return_mean`` (the
     env's own reward, as the env runners saw it), ``learned_reward_mean`` (the net's
-    reward on the transitions learned from) and what ``metrics(result)`` adds.
+    reward on the transitions learned from), ``eval_return_mean`` (RLlib's evaluation,
+    in the iterations that ran one) and what ``metrics(result)`` adds.
     Returns ``history``, ``env_runner_nodes`` and ``files`` (``checkpoint`` and the
     ``reward_net`` inside it, with ``settings.checkpoint``).
     """
@@ -80,8 +87,13 @@ def train_algorithm(
     history: list[dict[str, Any]] = []
     files: dict[str, str] = {}
     try:
-        runner_nodes = algo.env_runner_group.foreach_env_runner(
-            lambda _: ray.get_runtime_context().get_node_id(), local_env_runner=False
+        group = algo.env_runner_group  # None for an offline algorithm given its spaces
+        runner_nodes = (
+            []
+            if group is None
+            else group.foreach_env_runner(
+                lambda _: ray.get_runtime_context().get_node_id(), local_env_runner=False
+            )
         )
         steps = 0
         while (settings.iterations is None or len(history) < settings.iterations) and (
@@ -90,12 +102,18 @@ def train_algorithm(
             result = algo.train()
             runners = result.get("env_runners", {})
             steps = int(runners.get("num_env_steps_sampled_lifetime", 0))
+            evaluation = result.get("evaluation", {}).get("env_runners", {})
             history.append(
                 {
                     "iteration": len(history) + 1,
                     "env_steps": steps,
                     "episode_return_mean": as_float(runners.get("episode_return_mean")),
                     "learned_reward_mean": as_float(result.get("learned_reward", {}).get("mean")),
+                    **(
+                        {"eval_return_mean": as_float(evaluation["episode_return_mean"])}
+                        if "episode_return_mean" in evaluation
+                        else {}
+                    ),
                     **(metrics(result) if metrics is not None else {}),
                 }
             )
@@ -225,6 +243,53 @@ def run_preferences(cfg: JobConfig) -> dict[str, Any]:
 
     out = train_algorithm(config, settings, cfg.storage_path, preference_metrics)
     out["files"] = {**out["files"], **files}
+    return out
+
+
+def run_offline(cfg: JobConfig) -> dict[str, Any]:
+    """An offline algorithm on ``input`` (:func:`train_algorithm`), on the data's rewards
+    or ``reward``'s; RLlib's greedy evaluation of ``eval_episodes`` after the last
+    iteration (``final_return``). Settings that cannot run (a missing input, an
+    algorithm that ignores rewards given a ``reward``) fail with ValueError naming the
+    key before the algorithm is built.
+    """
+    from ray_rewards.rllib import with_env_unit_actions, with_learned_reward
+
+    settings: OfflineJobConfig = cfg.settings
+    require_input("offline.input", settings.input, "Parquet transitions, e.g. the relabel job's")
+    if settings.algorithm not in OFFLINE_ALGORITHMS:
+        raise ValueError(
+            f"offline.algorithm: expected one of RLlib's offline algorithms "
+            f"{list(OFFLINE_ALGORITHMS)}, got {settings.algorithm!r}"
+        )
+    config = algorithm_config(settings)
+    if hasattr(config, "actor_lr") and "lr" not in settings.config:
+        # RLlib 2.60's CQLConfig defaults lr to a number that its own validation
+        # refuses (actor_lr/critic_lr/alpha_lr are CQL's learning rates).
+        config.training(lr=None)
+    if "dataset_num_iters_per_learner" not in settings.config:
+        config.offline_data(dataset_num_iters_per_learner=OFFLINE_UPDATES_PER_ITERATION)
+    config.offline_data(input_=[settings.input])
+    if "evaluation_interval" not in settings.config:
+        config.evaluation(evaluation_interval=settings.iterations)
+    config.evaluation(
+        evaluation_num_env_runners=config.evaluation_num_env_runners or 0,
+        evaluation_duration=settings.eval_episodes,
+        evaluation_duration_unit="episodes",
+        evaluation_config={"explore": False},
+    )
+    try:
+        if settings.actions == "env":
+            config = with_env_unit_actions(config)
+        if settings.reward is not None:
+            require_input("offline.reward", settings.reward, "a saved reward net")
+            config = with_learned_reward(config, settings.reward, **settings.reward_options)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"offline: {err}") from None
+    out = train_algorithm(config, settings, cfg.storage_path)
+    evaluated = [h["eval_return_mean"] for h in out["history"] if "eval_return_mean" in h]
+    out["final_return"] = evaluated[-1] if evaluated else None
+    log(f"offline: greedy return after {settings.iterations} iterations: {out['final_return']}")
     return out
 
 

@@ -17,6 +17,7 @@ from ray_rewards.jobs.outputs import exists, log, storage_join, upload_dir
 from ray_rewards.jobs.placement import work_placement
 from ray_rewards.jobs.rllib_runners import (
     run_adversarial,
+    run_offline,
     run_preferences,
     run_record,
     run_rllib,
@@ -81,6 +82,7 @@ def run_relabel(cfg: JobConfig) -> dict[str, Any]:
         "num_cpus": settings.num_cpus,
         "num_gpus": settings.num_gpus,
         "predict_kwargs": settings.predict_kwargs,
+        "actions": settings.actions,
     }
     if not (storage.is_uri(settings.input) or storage.is_uri(output)):
         # Local to local: relabel_parquet publishes the output only when complete.
@@ -104,6 +106,7 @@ RUNNERS: dict[str, Callable[[JobConfig], dict[str, Any]]] = {
     "record": run_record,
     "adversarial": run_adversarial,
     "preferences": run_preferences,
+    "offline": run_offline,
 }
 
 

@@ -1,5 +1,9 @@
 """The jobs' config files: each job's settings, and the table of how each job reads them.
 
+Reason for its length: one settings dataclass per job (eight), each with the
+user-facing docstring of its config section and its checks, beside the table
+(:data:`JOBS`) and the loader they share.
+
 A config file holds ``storage_path``, one section named after the job (its settings
 dataclass, read by :func:`ray_rewards.config_file.build_settings`) and, where the
 job's :class:`JobSpec` allows it, ``work_dir``. A job's own rules live in its
@@ -20,7 +24,7 @@ from ray_rewards import storage
 @dataclass(kw_only=True)
 class RLlibTraining:
     """What the jobs that train an RLlib algorithm share (``rllib``, ``adversarial``,
-    ``preferences``).
+    ``preferences``, ``offline``).
 
     Attributes:
         algorithm: a registered RLlib algorithm name (``PPO``, ``APPO``, ``SAC``...).
@@ -252,6 +256,75 @@ class PreferencesJobConfig(RLlibTraining):
         )
 
 
+ACTION_UNITS = ("env", "module")
+
+
+@dataclass(kw_only=True)
+class OfflineJobConfig(RLlibTraining):
+    """An RLlib offline algorithm (MARWIL by default, CQL, IQL, BC) trained on recorded
+    transitions, and the fields of :class:`RLlibTraining` (``iterations``; offline
+    algorithms sample no env steps, so ``env_steps`` is refused).
+
+    MARWIL is the default because it is the one ``benchmarks/offline_quality.py``
+    saw learn Pendulum within a CPU budget (CQL and IQL with RLlib's settings did not
+    in a few thousand updates).
+
+    Attributes:
+        input: Parquet file or folder (local path or URI) of flat transitions in
+            RLlib's columns (``obs``, ``actions``, ``rewards``, ``new_obs``,
+            ``terminateds``...): the record job's demonstrations, the relabel job's
+            output written with ``column: rewards``, or RLlib's own offline output
+            (``output_write_episodes=False``).
+        actions: the units of the data's actions: ``"env"`` (what the env received,
+            as ``ray-rewards record`` writes them; mapped into the RLModule's units,
+            ``with_env_unit_actions``) or ``"module"`` (RLlib's own output).
+        reward: a saved reward net (path or URI) whose rewards replace the recorded
+            ones in every batch (``with_learned_reward``, relabeled in RLlib's
+            offline pre-learner); None trains on the data's ``rewards`` column.
+        reward_options: keyword arguments of ``with_learned_reward`` (``mode``,
+            ``coef``, ``predict_kwargs``...).
+        eval_episodes: greedy episodes of ``config.env`` (required: the algorithm's
+            spaces and the evaluation) that RLlib's evaluation runs after the last
+            iteration (and every ``config.evaluation_interval`` iterations, if set).
+
+    ``config`` takes the offline algorithm's settings (``train_batch_size_per_learner``,
+    ``dataset_num_iters_per_learner``: updates per iteration, 20 unless given...).
+    """
+
+    section: ClassVar[str] = "offline"
+
+    algorithm: str = "MARWIL"
+    input: str = field(metadata=config.PATH_FIELD)
+    actions: str = "env"
+    reward: str | None = field(default=None, metadata=config.PATH_FIELD)
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    eval_episodes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.env_steps is not None:
+            raise ValueError(
+                "offline.env_steps: offline algorithms sample no env steps; give "
+                f"offline.iterations instead (got env_steps={self.env_steps})"
+            )
+        super().__post_init__()
+        if self.actions not in ACTION_UNITS:
+            raise ValueError(
+                f"offline.actions: expected one of {list(ACTION_UNITS)}, got {self.actions!r}"
+            )
+        if not isinstance(self.config.get("env"), str):
+            raise ValueError(
+                "offline.config.env: required, a gymnasium id (the algorithm's spaces and "
+                f"its evaluation); got {self.config.get('env')!r}"
+            )
+        for key in ("input", "input_", "offline_data"):
+            if key in self.config:
+                raise ValueError(f"offline.config.{key}: the data is offline.input")
+        if self.eval_episodes < 1:
+            raise ValueError(f"offline.eval_episodes: expected >= 1, got {self.eval_episodes}")
+        if self.reward is None and self.reward_options:
+            raise ValueError("offline.reward_options: given without offline.reward")
+
+
 @dataclass
 class RecordJobConfig:
     """Demonstrations recorded from an RLlib checkpoint (``record_demonstrations``).
@@ -285,6 +358,10 @@ class RelabelJobConfig:
         batch_size, concurrency, num_cpus, num_gpus: rows per forward pass, number of
             actors, and resources of each (a GPU per actor puts the net on CUDA).
         predict_kwargs: more keyword arguments of ``predict_processed``.
+        actions: the units of the data's actions: ``"env"`` (what the env received, as
+            ``ray-rewards record`` writes them: what the net takes) or ``"module"``
+            (RLlib's own offline output with ``normalize_actions``: mapped to the
+            net's action space before it predicts).
     """
 
     input: str = field(metadata=config.PATH_FIELD)
@@ -297,6 +374,13 @@ class RelabelJobConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     predict_kwargs: dict[str, Any] = field(default_factory=dict)
+    actions: str = "env"
+
+    def __post_init__(self) -> None:
+        if self.actions not in ACTION_UNITS:
+            raise ValueError(
+                f"relabel.actions: expected one of {list(ACTION_UNITS)}, got {self.actions!r}"
+            )
 
 
 @dataclass
@@ -389,6 +473,7 @@ JOBS: dict[str, JobSpec] = {
     "record": JobSpec(lambda: RecordJobConfig),
     "adversarial": JobSpec(lambda: AdversarialJobConfig),
     "preferences": JobSpec(lambda: PreferencesJobConfig, check=_check_preferences),
+    "offline": JobSpec(lambda: OfflineJobConfig),
 }
 
 

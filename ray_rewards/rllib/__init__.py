@@ -14,15 +14,21 @@
 - :func:`with_preference_learning` (``preference_learning.py``): preference
   comparisons in the loop, labels from a ``ray_rewards.preferences`` gatherer.
 - :func:`record_demonstrations` (``record.py``): a trained policy's transitions as Parquet.
+- :func:`with_env_unit_actions` (``config.py``): offline data recorded in env units
+  read by RLlib's offline algorithms (:class:`EnvUnitActions`, ``offline.py``).
 - ``_compat.py``: every RLlib internal the integration relies on.
 
 Modules depend one way: config -> algorithm -> reward_state -> learner_connector ->
-adversarial -> relabel_connector -> episodes.
+(adversarial -> relabel_connector -> episodes, offline).
 """
 
 from ray_rewards.rllib.adversarial import AdversarialRewards
 from ray_rewards.rllib.algorithm import LearnedRewardAlgorithm, learned_reward_algorithm_class
-from ray_rewards.rllib.config import with_adversarial_reward, with_learned_reward
+from ray_rewards.rllib.config import (
+    with_adversarial_reward,
+    with_env_unit_actions,
+    with_learned_reward,
+)
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
 from ray_rewards.rllib.preference_learning import preference_rounds, with_preference_learning
 from ray_rewards.rllib.record import RecordResult, record_demonstrations
@@ -42,6 +48,7 @@ __all__ = [
     "record_demonstrations",
     "state_of",
     "with_adversarial_reward",
+    "with_env_unit_actions",
     "with_learned_reward",
     "with_preference_learning",
 ]

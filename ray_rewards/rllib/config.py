@@ -27,6 +27,7 @@ It returns a copy of the config with three additions:
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -50,6 +51,7 @@ from ray_rewards.rllib.demonstrations import Demonstrations
 from ray_rewards.rllib.env_runner_relabel import RelabelOnEnvRunner
 from ray_rewards.rllib.episodes import Mode
 from ray_rewards.rllib.learner_connector import LearnedRewardConnector
+from ray_rewards.rllib.offline import EnvUnitActionsConnector
 from ray_rewards.rllib.relabel_connector import LEARNED_REWARD, SHARED_NET, RelabelRewards
 from ray_rewards.rllib.reward_state import state_of
 from ray_rewards.train import losses
@@ -88,10 +90,13 @@ def with_learned_reward(
     Offline algorithms that use rewards (MARWIL, CQL, IQL, reading
     ``config.offline_data(input_=...)``): RLlib's ``OfflinePreLearner`` runs the
     learner pipeline in Ray Data workers, so the recorded rewards of every batch
-    are replaced (or added to) there, one forward per batch; the net gets the
-    data's actions as recorded. Statistics stay frozen there (``update_stats`` is
-    refused) and ``result["learned_reward"]`` stays empty (those workers have no
-    metrics logger in RLlib 2.60). BC, which ignores rewards, is refused.
+    are replaced (or added to) there, one forward per batch. The recorded actions
+    are taken to be the RLModule's, as RLlib's offline output holds them, and given
+    to the net in env units like online ones; data recorded in env units
+    (``ray-rewards record``) needs :func:`with_env_unit_actions`. Statistics stay
+    frozen there (``update_stats`` is refused) and ``result["learned_reward"]``
+    stays empty (those workers have no metrics logger in RLlib 2.60). BC, which ignores
+    rewards, is refused.
 
     Multi-agent configs: ``reward`` is one net shared by every RLModule whose
     observation and action spaces it fits, or a mapping ``{module_id: net or path}``
@@ -171,9 +176,8 @@ def with_learned_reward(
             env_actions=env_actions,
             predict_kwargs=predict_kwargs,
         )
-    offline = _reads_offline_data(config)
-    if offline:
-        env_actions = _check_offline(config, update_stats)
+    if _reads_offline_data(config):
+        _check_offline(config, update_stats)
     n_step = getattr(config, "n_step", 1)
     if n_step != 1:
         raise ValueError(
@@ -216,6 +220,52 @@ def with_learned_reward(
     on_train_result = _as_list(new.callbacks_on_train_result)
     new.callbacks(on_train_result=[*on_train_result, LearnedRewardResults()])
     new.algo_class = learned_reward_algorithm_class(new.algo_class)
+    return new
+
+
+def with_env_unit_actions(config: AlgorithmConfig) -> AlgorithmConfig:
+    """A copy of the offline ``config`` that reads its recorded actions as env units
+    (as ``ray-rewards record`` and the pipeline write them) and maps them into the
+    RLModule's units before anything else in its learner pipeline sees them
+    (:class:`~ray_rewards.rllib.offline.EnvUnitActions`; why in
+    :mod:`ray_rewards.rllib.offline`). RLlib's own recorded output holds the
+    RLModule's actions: read it without this.
+
+    Works before or after :func:`with_learned_reward`: the mapping runs first either
+    way, so the net is given the recorded env-unit actions back (``env_actions=True``,
+    its default). A copy without changes where the RLModule acts in env units
+    already (``normalize_actions=False``).
+
+    Raises:
+        TypeError: ``config`` is not an AlgorithmConfig.
+        ValueError: the config samples from an env (its episodes hold the RLModule's
+            actions already), is multi-agent, or reads env-unit actions already.
+    """
+    if not isinstance(config, AlgorithmConfig):
+        raise TypeError(f"with_env_unit_actions: expected an AlgorithmConfig, got {type(config)}")
+    if not _reads_offline_data(config):
+        raise ValueError(
+            "with_env_unit_actions: this config samples from its env (input_='sampler'), "
+            "whose episodes hold the RLModule's actions already; it is for recorded data "
+            "read through config.offline_data(input_=...)"
+        )
+    if config.is_multi_agent:
+        raise ValueError("with_env_unit_actions: single-agent offline configs only")
+    previous = config_learner_connector(config)
+    inner = previous.previous if isinstance(previous, LearnedRewardConnector) else previous
+    if isinstance(inner, EnvUnitActionsConnector):
+        raise ValueError("with_env_unit_actions: this config reads env-unit actions already")
+    new = config.copy(copy_frozen=False)
+    if not config.normalize_actions:
+        return new
+    if isinstance(previous, LearnedRewardConnector):
+        # The learned reward's connector stays outermost (the driver finds the net
+        # there); it runs EnvUnitActions pieces ahead of its relabeling.
+        connector = copy.copy(previous)
+        connector.previous = EnvUnitActionsConnector(inner)
+    else:
+        connector = EnvUnitActionsConnector(previous)
+    new.learners(learner_connector=connector)
     return new
 
 
@@ -432,10 +482,9 @@ def _reads_offline_data(config: AlgorithmConfig) -> bool:
     return config.input_ != "sampler"
 
 
-def _check_offline(config: AlgorithmConfig, update_stats: bool) -> bool:
+def _check_offline(config: AlgorithmConfig, update_stats: bool) -> None:
     """Offline algorithms: ValueError for those that ignore rewards (BC) and for
-    ``update_stats``; returns ``env_actions`` for them: False, the data's actions
-    being what was recorded, which the net is given as they are.
+    ``update_stats``.
     """
     from ray.rllib.algorithms.bc import BCConfig
     from ray.rllib.algorithms.marwil import MARWILConfig
@@ -453,7 +502,6 @@ def _check_offline(config: AlgorithmConfig, update_stats: bool) -> bool:
             "driver does not reach. Fit the statistics when training the reward, or "
             "relabel the data set with `ray-rewards relabel --update-stats`"
         )
-    return False
 
 
 def _nets_by_key(

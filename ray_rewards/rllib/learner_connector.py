@@ -16,6 +16,7 @@ from ray_rewards import file_format
 from ray_rewards.inspect import format_chain
 from ray_rewards.reward_nets import RewardNet
 from ray_rewards.rllib.adversarial import AdversarialRewards
+from ray_rewards.rllib.offline import EnvUnitActions
 from ray_rewards.rllib.relabel_connector import RelabelRewards
 
 
@@ -81,7 +82,13 @@ class LearnedRewardConnector:
 
     def __call__(self, input_observation_space: Any, input_action_space: Any) -> list[ConnectorV2]:
         """The pieces to put at the front of a learner pipeline."""
-        pieces: list[ConnectorV2] = []
+        previous: list[ConnectorV2] = []
+        if self.previous is not None:
+            more = self.previous(input_observation_space, input_action_space)
+            previous = list(more) if isinstance(more, (list, tuple)) else [more]
+        # Recorded env-unit actions are mapped into the RLModule's units before the
+        # relabeling, which gives the net env units as it does online.
+        pieces = [p for p in previous if isinstance(p, EnvUnitActions)]
         for key, net in self.load_nets().items():
             routing = {
                 "multi_agent": self.multi_agent,
@@ -92,10 +99,7 @@ class LearnedRewardConnector:
                 pieces.append(AdversarialRewards(net, **self.options, **self.adversarial))
             else:
                 pieces.append(RelabelRewards(net, **self.options, **routing))
-        if self.previous is not None:
-            more = self.previous(input_observation_space, input_action_space)
-            pieces.extend(more if isinstance(more, (list, tuple)) else [more])
-        return pieces
+        return pieces + [p for p in previous if not isinstance(p, EnvUnitActions)]
 
     def __repr__(self) -> str:
         return (

@@ -166,6 +166,31 @@ def build_preferences(
     return paths
 
 
+def train_reward(cfg: PipelineConfig, paths: dict[str, str], out_dir: str) -> Any:
+    """Stage 3: ``NormalizedRewardNet(BasicRewardNet)`` trained with Ray Train on the
+    pairs of :func:`build_preferences` (``paths``); saved as ``out_dir/reward_net.pt``.
+    Returns the ``trainer.train`` result.
+    """
+    return trainer.train(
+        trainer.TrainConfig(
+            train_data=paths["train_pairs"],
+            eval_data=paths["eval_pairs"],
+            loss="preference",
+            env=cfg.env,
+            net="BasicRewardNet",
+            net_kwargs={"hid_sizes": list(cfg.hid_sizes), "activation": cfg.activation},
+            normalize_output=True,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+            output=os.path.join(out_dir, storage.NET_FILE),
+            storage_path=os.path.join(out_dir, "ray_train"),
+        )
+    )
+
+
 def reward_correlation(net_path: str, transitions_path: str) -> float:
     """Pearson correlation of the net's reward with the env's on held-out transitions."""
     data = schemas.collect_numpy(schemas.read_parquet(transitions_path))
@@ -209,24 +234,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     t_data = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = trainer.train(
-        trainer.TrainConfig(
-            train_data=paths["train_pairs"],
-            eval_data=paths["eval_pairs"],
-            loss="preference",
-            env=cfg.env,
-            net="BasicRewardNet",
-            net_kwargs={"hid_sizes": list(cfg.hid_sizes), "activation": cfg.activation},
-            normalize_output=True,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            num_workers=cfg.num_workers,
-            seed=cfg.seed,
-            output=os.path.join(out_dir, storage.NET_FILE),
-            storage_path=os.path.join(out_dir, "ray_train"),
-        )
-    )
+    result = train_reward(cfg, paths, out_dir)
     t_reward = time.perf_counter() - t0
     corr = reward_correlation(result.net_path, paths["eval_transitions"])
     log(
