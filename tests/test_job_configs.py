@@ -6,7 +6,6 @@ The files in cluster/ are checked in test_cluster_configs.py.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
@@ -796,7 +795,6 @@ def test_record_relabel_offline_jobs(tmp_path, ray_session):
     ]:
         path = _write(tmp_path, {"storage_path": name, "offline": section}, name=f"{name}.yaml")
         results = jobs.run_job(jobs.load_config(path, "offline"))
-        gc.collect()  # the learner's Ray Data iterator ends while Ray is up
         history = results["history"]
         assert [h["iteration"] for h in history] == [1, 2]
         assert "eval_return_mean" not in history[0]  # evaluated after the last one only

@@ -7,6 +7,7 @@ all but ``record`` share :func:`algorithm_config` and the training loop
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 import tempfile
@@ -125,6 +126,10 @@ def train_algorithm(
             files = {"checkpoint": path, "reward_net": storage_join(path, storage.NET_FILE)}
     finally:
         algo.stop()
+        # An offline learner holds a Ray Data iterator: end it now, while Ray is up
+        # (left to the interpreter's exit, it logs a traceback after ray.shutdown).
+        del algo
+        gc.collect()
     return {"history": history, "env_runner_nodes": runner_nodes, "files": files}
 
 
@@ -289,7 +294,8 @@ def run_offline(cfg: JobConfig) -> dict[str, Any]:
     out = train_algorithm(config, settings, cfg.storage_path)
     evaluated = [h["eval_return_mean"] for h in out["history"] if "eval_return_mean" in h]
     out["final_return"] = evaluated[-1] if evaluated else None
-    log(f"offline: greedy return after {settings.iterations} iterations: {out['final_return']}")
+    if evaluated:
+        log(f"offline: greedy return after the last iteration: {evaluated[-1]:.1f}")
     return out
 
 
