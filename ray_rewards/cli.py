@@ -328,9 +328,9 @@ def pipeline(
     "--storage-path", default=None, help="Where results go; overrides the file's storage_path."
 )
 def job(job_name: str, config_path: str, storage_path: str | None) -> None:
-    """Run JOB (pipeline, train, rllib, relabel, record, adversarial, preferences) on
-    the connected Ray cluster with the settings in --config; results go to its
-    storage_path (see ray_rewards.jobs).
+    """Run JOB (pipeline, train, rllib, record, relabel, offline, adversarial,
+    preferences) on the connected Ray cluster with the settings in --config; results
+    go to its storage_path (see ray_rewards.jobs).
 
     This is what `ray job submit ... -- python -m ray_rewards.jobs JOB --config FILE` runs.
     """

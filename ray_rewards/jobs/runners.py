@@ -1,6 +1,6 @@
 """Running the jobs: each runner is the library's own function on the connected cluster,
 and :func:`run_job` writes ``results.json`` when one finishes. The RLlib jobs' runners
-(rllib, adversarial, preferences, record) are in :mod:`ray_rewards.jobs.rllib_runners`.
+(rllib, adversarial, preferences, offline, record) are in :mod:`ray_rewards.jobs.rllib_runners`.
 """
 
 from __future__ import annotations
