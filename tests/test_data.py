@@ -459,3 +459,20 @@ def test_bad_action_units_are_refused_naming_the_option(ray_session, tmp_path):
     with pytest.raises(ValueError, match=r"actions='module': the net's action space is a Tuple"):
         check_action_units("module", tuple_space)
     check_action_units("env", tuple_space)
+
+
+def test_module_units_are_the_exact_inverse_of_env_units():
+    from gymnasium import spaces
+
+    from ray_rewards.data.batches import env_actions, module_actions
+
+    rng = np.random.default_rng(0)
+    box = spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 5.0], np.float32))
+    env = rng.uniform(box.low, box.high, size=(50, 2)).astype(np.float32)
+    module = module_actions(env, box)
+    assert np.abs(module).max() <= 1.0
+    np.testing.assert_allclose(env_actions(module, box), env, rtol=1e-6, atol=1e-6)
+    ints = spaces.Box(3, 9, shape=(2,), dtype=np.int64)
+    np.testing.assert_array_equal(module_actions(np.array([[3, 9]]), ints), [[0, 6]])
+    unbounded = spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+    np.testing.assert_array_equal(module_actions(env[:, :1], unbounded), env[:, :1])

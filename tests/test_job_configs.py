@@ -717,6 +717,12 @@ OFFLINE = {
             r"offline\.config\.input_: the data is offline\.input",
         ),
         ({"eval_episodes": 0}, ValueError, r"offline\.eval_episodes: expected >= 1"),
+        ({"iterations": None}, ValueError, r"offline\.iterations: required"),
+        (
+            {"iterations": 5, "config": {"env": "Pendulum-v1", "evaluation_interval": 2}},
+            ValueError,
+            r"offline\.config\.evaluation_interval: 2 does not divide offline\.iterations \(5\)",
+        ),
         ({"reward_options": {"coef": 2}}, ValueError, r"given without offline\.reward"),
         ({"input": None}, TypeError, r"offline\.input"),
     ],
@@ -739,6 +745,10 @@ def test_offline_job_refuses_what_cannot_run_before_training(tmp_path):
         ({"input": "nothing"}, r"offline\.input: .*nothing does not exist"),
         ({"reward": "no_net.pt"}, r"offline\.reward: .*no_net\.pt does not exist"),
         ({"algorithm": "BC", "reward": "net.pt"}, r"offline: with_learned_reward: BCConfig is"),
+        (
+            {"reward": "net.pt", "reward_options": {"mod": "add"}},
+            r"offline\.reward_options: \['mod'\] are not options of with_learned_reward",
+        ),
     ]:
         cfg = jobs.parse_config(
             {"storage_path": "out", "offline": {**OFFLINE, **change}},
@@ -750,8 +760,8 @@ def test_offline_job_refuses_what_cannot_run_before_training(tmp_path):
 
 
 def test_record_relabel_offline_jobs(tmp_path, ray_session):
-    """record -> relabel (the learned rewards as RLlib's `rewards`) -> offline CQL on
-    them; and offline CQL relabeling the recording itself with the net. Both train,
+    """record -> relabel (the learned rewards as RLlib's `rewards`) -> offline MARWIL
+    on them; and offline MARWIL relabeling the recording itself with the net. Both train,
     evaluate greedily and save a checkpoint."""
     import pyarrow.parquet as pq
     from ray.rllib.algorithms.ppo import PPOConfig

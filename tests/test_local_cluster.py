@@ -213,7 +213,7 @@ def test_relabel_job_on_a_two_node_cluster(tmp_path):
 def test_every_job_on_a_two_node_cluster(tmp_path):
     """run_jobs.sh: the pipeline, then reward training and RLlib on its outputs,
     demonstrations recorded from the RLlib checkpoint, relabeled with the pipeline's
-    net, offline CQL on the relabeled ones and GAIL on the recorded ones, each
+    net, offline MARWIL on the relabeled ones and GAIL on the recorded ones, each
     submitted with ``ray job submit``; work lands on both nodes and the saved nets load.
     """
     cluster_dir = str(tmp_path / "cluster")

@@ -109,6 +109,26 @@ def env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
     return actions
 
 
+def module_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
+    """The inverse of :func:`env_actions`: env-unit ``actions`` in the RLModule's
+    normalized units (a float32/float64 Box with finite bounds: [low, high] to
+    [-1, 1]; an integer Box: shifted by ``-low``; other spaces unchanged).
+
+    Raises:
+        ValueError: a Dict or Tuple space (:func:`check_action_units`).
+    """
+    check_action_units("module", space)
+    if not isinstance(space, spaces.Box):
+        return actions
+    if not (np.all(space.bounded_below) and np.all(space.bounded_above)):
+        return actions
+    if space.dtype == np.float32 or space.dtype == np.float64:
+        return (actions - space.low) * 2.0 / (space.high - space.low) - 1.0
+    if np.issubdtype(space.dtype, np.integer):
+        return actions - space.low
+    return actions
+
+
 def check_options(
     reward: RewardSource,
     *,
@@ -313,6 +333,7 @@ __all__ = [
     "check_options",
     "check_output_column",
     "env_actions",
+    "module_actions",
     "load_source",
     "local_device",
 ]

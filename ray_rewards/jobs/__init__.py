@@ -43,7 +43,8 @@ files, timings and *placement*: which cluster nodes ran the driver and every tas
 and actor of the job, from Ray's state API) is written last, atomically, so its
 presence means the job finished. Next to it: ``reward_net.pt`` (pipeline, train;
 relabel with ``update_stats``), ``checkpoint/`` (rllib, adversarial,
-preferences, offline: RLlib's checkpoint with ``reward_net.pt`` inside), ``preferences/``
+preferences, offline: RLlib's checkpoint with ``reward_net.pt`` inside, offline only
+with a ``reward``), ``preferences/``
 (preferences: the labels as Parquet, retraining files, the async gatherer's queue),
 ``relabeled/`` (relabel: Parquet), ``demonstrations/`` (record: Parquet).
 

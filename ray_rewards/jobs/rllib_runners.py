@@ -79,10 +79,13 @@ def train_algorithm(
     env's own reward, as the env runners saw it), ``learned_reward_mean`` (the net's
     reward on the transitions learned from), ``eval_return_mean`` (RLlib's evaluation,
     in the iterations that ran one) and what ``metrics(result)`` adds.
-    Returns ``history``, ``env_runner_nodes`` and ``files`` (``checkpoint`` and the
-    ``reward_net`` inside it, with ``settings.checkpoint``).
+    Returns ``history``, ``env_runner_nodes`` and ``files`` (``checkpoint`` and, for an
+    algorithm on a learned reward, the ``reward_net`` inside it, with
+    ``settings.checkpoint``).
     """
     import ray
+
+    from ray_rewards.rllib import LearnedRewardAlgorithm
 
     algo = config.build_algo()
     history: list[dict[str, Any]] = []
@@ -123,7 +126,9 @@ def train_algorithm(
             # save_to_path returns the path inside the filesystem (no URI scheme): keep ours.
             path = storage_join(storage_path, CHECKPOINT_DIR)
             algo.save_to_path(path)
-            files = {"checkpoint": path, "reward_net": storage_join(path, storage.NET_FILE)}
+            files = {"checkpoint": path}
+            if isinstance(algo, LearnedRewardAlgorithm):  # its checkpoints carry the net
+                files["reward_net"] = storage_join(path, storage.NET_FILE)
     finally:
         algo.stop()
         # An offline learner holds a Ray Data iterator: end it now, while Ray is up
@@ -283,11 +288,15 @@ def run_offline(cfg: JobConfig) -> dict[str, Any]:
         evaluation_duration_unit="episodes",
         evaluation_config={"explore": False},
     )
+    if settings.reward is not None:
+        require_input("offline.reward", settings.reward, "a saved reward net")
+        _check_options(
+            "offline.reward_options", settings.reward_options, [with_learned_reward], exclude=()
+        )
     try:
         if settings.actions == "env":
             config = with_env_unit_actions(config)
         if settings.reward is not None:
-            require_input("offline.reward", settings.reward, "a saved reward net")
             config = with_learned_reward(config, settings.reward, **settings.reward_options)
     except (TypeError, ValueError) as err:
         raise ValueError(f"offline: {err}") from None

@@ -306,7 +306,16 @@ class OfflineJobConfig(RLlibTraining):
                 "offline.env_steps: offline algorithms sample no env steps; give "
                 f"offline.iterations instead (got env_steps={self.env_steps})"
             )
+        if self.iterations is None:
+            raise ValueError("offline.iterations: required (how many train() calls)")
         super().__post_init__()
+        interval = self.config.get("evaluation_interval")
+        if isinstance(interval, int) and interval > 0 and self.iterations % interval:
+            raise ValueError(
+                f"offline.config.evaluation_interval: {interval} does not divide "
+                f"offline.iterations ({self.iterations}), so the last iteration would not be "
+                "evaluated (final_return)"
+            )
         if self.actions not in ACTION_UNITS:
             raise ValueError(
                 f"offline.actions: expected one of {list(ACTION_UNITS)}, got {self.actions!r}"

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 # A key RLlib's AddOneTsToEpisodesAndTruncate puts in the connector pipeline's
 # shared_data when it appended the artificial bootstrap step to every episode.
 BOOTSTRAP_STEP_ADDED = "_added_loss_mask_for_valid_episode_ts"
@@ -72,3 +74,17 @@ def algorithm_class(name: str) -> type:
         f"unknown RLlib algorithm {name!r}; expected one of {', '.join(sorted(ALGORITHMS))} "
         "or a name registered with ray.tune.register_trainable"
     )
+
+
+def map_episode_actions(episode: Any, fn: Any) -> None:
+    """Replace a single-agent episode's action buffer data (lookback included) with
+    ``fn`` of it, as new arrays: RLlib has no public setter that leaves shared data
+    alone (``set_actions`` writes into the buffer in place and checks the env's space).
+    """
+    buffer = episode.actions
+    data = buffer.data
+    if len(data) == 0:
+        return
+    actions = np.asarray(data)
+    mapped = np.asarray(fn(actions)).astype(actions.dtype, copy=False)
+    buffer.data = list(mapped) if isinstance(data, list) else mapped

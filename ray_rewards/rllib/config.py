@@ -10,7 +10,8 @@ It returns a copy of the config with three additions:
 1. A learner connector
    (:class:`~ray_rewards.rllib.learner_connector.LearnedRewardConnector`) that puts a
    :class:`~ray_rewards.rllib.RelabelRewards` at the front of every learner
-   pipeline, ahead of any learner connector the config already had (so a user's
+   pipeline, ahead of any learner connector the config already had (but for
+   ``with_env_unit_actions``' piece, which runs first; so a user's
    piece, e.g. a curiosity bonus, adds to the learned reward instead of being
    overwritten by it). Off-policy learners without such pieces move it to the end
    of the pipeline to relabel the train batch (see ``RelabelRewards.from_batch``).

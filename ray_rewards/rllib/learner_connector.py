@@ -23,7 +23,9 @@ from ray_rewards.rllib.relabel_connector import RelabelRewards
 class LearnedRewardConnector:
     """The ``learner_connector`` callable: builds one :class:`RelabelRewards` per reward
     net (an :class:`~ray_rewards.rllib.adversarial.AdversarialRewards` for GAIL/AIRL),
-    then the pieces of the config's own learner connector (``previous``).
+    then the pieces of the config's own learner connector (``previous``), except
+    :class:`~ray_rewards.rllib.offline.EnvUnitActions` pieces, which run first: the
+    relabeling then sees recorded actions in the RLModule's units, as online.
 
     Holds each net as the bytes of its ray_rewards save file (plain data, checked for
     safe loading when created) plus the nets' module classes, which each learner

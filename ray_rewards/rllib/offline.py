@@ -14,6 +14,8 @@ for actions its squashed distribution cannot produce.
 learner-connector piece (:class:`EnvUnitActions`) maps them into the RLModule's
 units at the front of the learner pipeline (RLlib's ``OfflinePreLearner`` runs it on
 every recorded batch), the inverse of what env runners do to the module's actions.
+Whether to map is decided when the function is called, from the config's
+``normalize_actions``: set that first.
 Everything after it, a learned reward's relabeling included, sees the data as if
 RLlib had recorded it, so :func:`~ray_rewards.rllib.with_learned_reward` gives its net
 env-unit actions either way.
@@ -23,17 +25,21 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from ray.rllib.connectors.connector_v2 import ConnectorV2
-from ray.rllib.utils.spaces.space_utils import get_base_struct_from_space, normalize_action
+
+from ray_rewards.data.batches import check_action_units, module_actions
+from ray_rewards.rllib._compat import map_episode_actions
 
 
 class EnvUnitActions(ConnectorV2):
     """Learner-connector piece: episodes' actions from env units into the RLModule's.
 
-    Float Box components are mapped from the action space's bounds onto [-1, 1]
-    (RLlib's ``normalize_action``, the inverse of the ``unsquash_action`` env runners
-    apply); other components are left as they are. Single-agent episodes only.
+    The exact inverse of the ``unsquash_action`` env runners apply
+    (:func:`ray_rewards.data.batches.module_actions`): a float Box with finite bounds
+    is mapped from them onto [-1, 1], an integer Box shifted by ``-low``, other spaces
+    left as they are; Dict and Tuple spaces are refused when the piece is built.
+    Each episode gets new action arrays (lookback included), so data a replay buffer
+    or the data set shares with it is never rewritten. Single-agent episodes only.
     """
 
     def __init__(
@@ -43,7 +49,11 @@ class EnvUnitActions(ConnectorV2):
         **kwargs: Any,
     ):
         super().__init__(input_observation_space, input_action_space, **kwargs)
-        self._struct = get_base_struct_from_space(input_action_space)
+        try:
+            check_action_units("module", input_action_space)
+        except ValueError as err:
+            raise ValueError(f"with_env_unit_actions: {err}") from None
+        self._space = input_action_space
 
     def __call__(
         self,
@@ -56,14 +66,11 @@ class EnvUnitActions(ConnectorV2):
         metrics: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """Rewrite every episode's actions in place; ``batch`` passes through."""
+        """Give every episode its actions in the RLModule's units; ``batch`` passes
+        through.
+        """
         for episode in episodes:
-            n = len(episode)
-            if n:
-                actions = np.asarray(episode.get_actions(slice(0, n)))
-                normalized = normalize_action(actions, self._struct)
-                normalized = normalized.astype(actions.dtype)
-                episode.set_actions(new_data=normalized, at_indices=slice(0, n))
+            map_episode_actions(episode, lambda a: module_actions(a, self._space))
         return batch
 
 
