@@ -87,6 +87,22 @@ def check_action_units(actions: Any, space: spaces.Space | None = None) -> None:
         )
 
 
+def _mapped_box(space: spaces.Space) -> str | None:
+    """How RLlib maps ``space``'s actions between the RLModule and the env: ``"float"``
+    (a float32/float64 Box with finite bounds: squashed to [-1, 1]), ``"int"`` (an
+    integer Box with finite bounds: shifted by ``low``) or None (unchanged).
+    ValueError for Dict and Tuple spaces (:func:`check_action_units`).
+    """
+    check_action_units("module", space)
+    if not isinstance(space, spaces.Box):
+        return None
+    if not (np.all(space.bounded_below) and np.all(space.bounded_above)):
+        return None
+    if space.dtype == np.float32 or space.dtype == np.float64:
+        return "float"
+    return "int" if np.issubdtype(space.dtype, np.integer) else None
+
+
 def env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
     """The RLModule's normalized ``actions`` in the units of ``space`` (the env's), as
     RLlib's ``unsquash_action`` maps them: for a float32/float64 Box with finite bounds,
@@ -96,17 +112,11 @@ def env_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
     Raises:
         ValueError: a Dict or Tuple space (:func:`check_action_units`).
     """
-    check_action_units("module", space)
-    if not isinstance(space, spaces.Box):
-        return actions
-    if not (np.all(space.bounded_below) and np.all(space.bounded_above)):
-        return actions
-    if space.dtype == np.float32 or space.dtype == np.float64:
+    kind = _mapped_box(space)
+    if kind == "float":
         unsquashed = space.low + (actions + 1.0) * (space.high - space.low) / 2.0
         return np.clip(unsquashed, space.low, space.high)
-    if np.issubdtype(space.dtype, np.integer):
-        return space.low + actions
-    return actions
+    return space.low + actions if kind == "int" else actions
 
 
 def module_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
@@ -117,16 +127,10 @@ def module_actions(actions: np.ndarray, space: spaces.Space) -> np.ndarray:
     Raises:
         ValueError: a Dict or Tuple space (:func:`check_action_units`).
     """
-    check_action_units("module", space)
-    if not isinstance(space, spaces.Box):
-        return actions
-    if not (np.all(space.bounded_below) and np.all(space.bounded_above)):
-        return actions
-    if space.dtype == np.float32 or space.dtype == np.float64:
+    kind = _mapped_box(space)
+    if kind == "float":
         return (actions - space.low) * 2.0 / (space.high - space.low) - 1.0
-    if np.issubdtype(space.dtype, np.integer):
-        return actions - space.low
-    return actions
+    return actions - space.low if kind == "int" else actions
 
 
 def check_options(
