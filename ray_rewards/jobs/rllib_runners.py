@@ -283,7 +283,6 @@ def run_offline(cfg: JobConfig) -> dict[str, Any]:
     if "evaluation_interval" not in settings.config:
         config.evaluation(evaluation_interval=settings.iterations)
     config.evaluation(
-        evaluation_num_env_runners=config.evaluation_num_env_runners or 0,
         evaluation_duration=settings.eval_episodes,
         evaluation_duration_unit="episodes",
         evaluation_config={"explore": False},

@@ -256,7 +256,14 @@ class PreferencesJobConfig(RLlibTraining):
         )
 
 
-ACTION_UNITS = ("env", "module")
+def _check_action_units(section: str, actions: Any) -> None:
+    """The data layer's own check of ``actions`` (env or module units), naming the key."""
+    from ray_rewards.data.batches import check_action_units
+
+    try:
+        check_action_units(actions)
+    except ValueError as err:
+        raise ValueError(f"{section}.{err}") from None
 
 
 @dataclass(kw_only=True)
@@ -316,10 +323,7 @@ class OfflineJobConfig(RLlibTraining):
                 f"offline.iterations ({self.iterations}), so the last iteration would not be "
                 "evaluated (final_return)"
             )
-        if self.actions not in ACTION_UNITS:
-            raise ValueError(
-                f"offline.actions: expected one of {list(ACTION_UNITS)}, got {self.actions!r}"
-            )
+        _check_action_units("offline", self.actions)
         if not isinstance(self.config.get("env"), str):
             raise ValueError(
                 "offline.config.env: required, a gymnasium id (the algorithm's spaces and "
@@ -386,10 +390,7 @@ class RelabelJobConfig:
     actions: str = "env"
 
     def __post_init__(self) -> None:
-        if self.actions not in ACTION_UNITS:
-            raise ValueError(
-                f"relabel.actions: expected one of {list(ACTION_UNITS)}, got {self.actions!r}"
-            )
+        _check_action_units("relabel", self.actions)
 
 
 @dataclass

@@ -76,15 +76,19 @@ def algorithm_class(name: str) -> type:
     )
 
 
-def map_episode_actions(episode: Any, fn: Any) -> None:
-    """Replace a single-agent episode's action buffer data (lookback included) with
-    ``fn`` of it, as new arrays: RLlib has no public setter that leaves shared data
-    alone (``set_actions`` writes into the buffer in place and checks the env's space).
+def map_episode_actions(episodes: list[Any], fn: Any) -> None:
+    """Replace the action buffer data (lookback included) of single-agent ``episodes``
+    with ``fn`` of it, as new arrays, in one call of ``fn`` over all of them (an offline
+    batch is hundreds of one-step episodes): RLlib has no public setter that leaves
+    shared data alone (``set_actions`` writes into the buffer in place and checks the
+    env's space).
     """
-    buffer = episode.actions
-    data = buffer.data
-    if len(data) == 0:
+    buffers = [e.actions for e in episodes if len(e.actions.data)]
+    if not buffers:
         return
-    actions = np.asarray(data)
+    arrays = [np.asarray(b.data) for b in buffers]
+    actions = np.concatenate(arrays)
     mapped = np.asarray(fn(actions)).astype(actions.dtype, copy=False)
-    buffer.data = list(mapped) if isinstance(data, list) else mapped
+    ends = np.cumsum([len(a) for a in arrays])
+    for buffer, part in zip(buffers, np.split(mapped, ends[:-1]), strict=True):
+        buffer.data = list(part) if isinstance(buffer.data, list) else part

@@ -69,8 +69,7 @@ class EnvUnitActions(ConnectorV2):
         """Give every episode its actions in the RLModule's units; ``batch`` passes
         through.
         """
-        for episode in episodes:
-            map_episode_actions(episode, lambda a: module_actions(a, self._space))
+        map_episode_actions(episodes, lambda a: module_actions(a, self._space))
         return batch
 
 
